@@ -1,0 +1,37 @@
+//! The command line: pingora's own flags (`-c`, `-u`, `-d`, `-t`) plus our subcommands.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+use pingora::server::configuration::Opt;
+
+/// An HTTP load balancer: round robin over health-checked upstreams, configured by one YAML file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb",
+    version,
+    after_help = "Examples:\n  lb -c conf/pingora.yaml      run with a config file\n  \
+                  lb -t -c conf/pingora.yaml   check the config file and exit\n  \
+                  lb demo --listen 127.0.0.1:8080   try it with two built-in backends",
+    mut_arg("upgrade", |a| a.help("Take over the listening sockets of a running lb (zero-downtime upgrade)")),
+    mut_arg("daemon", |a| a.help("Run in the background (logs go to error_log, pid to pid_file)")),
+    mut_arg("test", |a| a.help("Check the configuration file and exit: 0 if valid, 1 if not")),
+    mut_arg("conf", |a| a.help("The YAML configuration file (pingora's server keys plus `lb:`)").value_name("FILE")),
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub server: Opt,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start two built-in backends on 127.0.0.1 and balance over them (no config file needed)
+    Demo {
+        /// Where the balancer listens
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
+        listen: SocketAddr,
+    },
+}

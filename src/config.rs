@@ -1,0 +1,768 @@
+//! The configuration file: one YAML document holding pingora's own server keys at the top level
+//! and ours under `lb:`.
+//!
+//! This module is the single source of defaults. Loading is strict: a misspelt key anywhere, a bad
+//! address, a bad duration or a value out of range is a [`ConfigError`] that names the key and the
+//! reason, so that `lb` refuses to start before it binds anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// Everything that can be wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or a value has the wrong shape; serde_yaml's message names the key.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key that neither pingora nor lb knows.
+    #[error("unknown key `{key}`: {hint}")]
+    UnknownKey { key: String, hint: String },
+    /// A well-formed value that is not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A whole, validated configuration file.
+#[derive(Debug)]
+pub struct Config {
+    /// Pingora's own server settings (the top-level keys), with pingora's defaults.
+    pub server: ServerConf,
+    /// The balancer's settings (the `lb:` section).
+    pub lb: LbConfig,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates a configuration document.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let document: Document =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let lb = document.lb.ok_or_else(|| {
+            ConfigError::invalid(
+                "lb",
+                "missing: the `lb:` section with `listen` and `upstreams` is required",
+            )
+        })?;
+        let server = server_conf_from(document.server)?;
+        let lb = lb.validate(&server)?;
+        Ok(Config { server, lb })
+    }
+}
+
+/// The file as written: `lb` plus whatever else is at the top level (pingora's keys).
+#[derive(Deserialize)]
+struct Document {
+    lb: Option<RawLb>,
+    #[serde(flatten)]
+    server: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Builds pingora's [`ServerConf`] from the top-level keys, rejecting any key pingora does not know.
+///
+/// pingora itself ignores unknown keys; a typo such as `treads: 4` would then silently do
+/// nothing, so we check every key against the fields pingora actually has.
+fn server_conf_from(keys: BTreeMap<String, serde_yaml::Value>) -> Result<ServerConf, ConfigError> {
+    let known = pingora_server_keys();
+    for key in keys.keys() {
+        if !known.contains(key) {
+            return Err(ConfigError::UnknownKey {
+                key: key.clone(),
+                hint: format!(
+                    "not a pingora server key and not `lb` (did you mean to put it under `lb:`? pingora keys: {})",
+                    known.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+    // Deserialize key by key first so that a wrong value names its key.
+    for (key, value) in &keys {
+        let mut single = serde_yaml::Mapping::new();
+        single.insert(serde_yaml::Value::String(key.clone()), value.clone());
+        serde_yaml::from_value::<ServerConf>(serde_yaml::Value::Mapping(single))
+            .map_err(|e| ConfigError::invalid(key.clone(), e.to_string()))?;
+    }
+    let mapping: serde_yaml::Mapping = keys
+        .into_iter()
+        .map(|(k, v)| (serde_yaml::Value::String(k), v))
+        .collect();
+    let conf: ServerConf = serde_yaml::from_value(serde_yaml::Value::Mapping(mapping))
+        .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    conf.validate()
+        .map_err(|e| ConfigError::Syntax(format!("pingora server settings: {e}")))
+}
+
+/// The top-level keys pingora's [`ServerConf`] understands, read from its own serialization so
+/// that the list follows the pingora version we are built with.
+fn pingora_server_keys() -> BTreeSet<String> {
+    match serde_yaml::to_value(ServerConf::default()) {
+        Ok(serde_yaml::Value::Mapping(map)) => map
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// How the next upstream is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Each healthy upstream in turn, in proportion to its weight.
+    #[default]
+    RoundRobin,
+    /// A random healthy upstream, in proportion to its weight.
+    Random,
+}
+
+impl fmt::Display for Selection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Selection::RoundRobin => "round_robin",
+            Selection::Random => "random",
+        })
+    }
+}
+
+/// One backend server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The address as the operator wrote it (used in logs).
+    pub name: String,
+    /// The resolved socket address connected to.
+    pub addr: SocketAddr,
+    /// Relative share of requests; at least 1.
+    pub weight: usize,
+}
+
+/// Timeouts towards upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a TCP connection to an upstream.
+    pub connect: Duration,
+    /// Waiting for each read from an upstream (response header or body); exceeded → 504.
+    pub read: Duration,
+    /// Waiting for each write to an upstream.
+    pub write: Duration,
+    /// How long an idle keep-alive connection, to a client or to an upstream, is kept open.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What kind of active health check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckType {
+    /// A TCP connect succeeds.
+    #[default]
+    Tcp,
+    /// A `GET path` answers with an expected status.
+    Http,
+    /// No active checks: every upstream is always considered up.
+    None,
+}
+
+/// An inclusive range of acceptable HTTP status codes for the `http` check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
+        }
+    }
+}
+
+/// Active health checking of upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub kind: CheckType,
+    /// Time between the starts of two check rounds.
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive passes before a down upstream rejoins the rotation.
+    pub healthy_after: usize,
+    /// Consecutive failures before an up upstream leaves the rotation.
+    pub unhealthy_after: usize,
+    /// `http` only: the path requested.
+    pub path: String,
+    /// `http` only: the Host header sent.
+    pub host: String,
+    /// `http` only: the statuses that count as healthy.
+    pub expect_status: Vec<StatusRange>,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: CheckType::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_after: 2,
+            unhealthy_after: 3,
+            path: "/".to_string(),
+            host: "localhost".to_string(),
+            expect_status: vec![StatusRange {
+                low: 200,
+                high: 200,
+            }],
+        }
+    }
+}
+
+/// The validated `lb:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbConfig {
+    pub listen: Vec<SocketAddr>,
+    pub upstreams: Vec<Upstream>,
+    pub selection: Selection,
+    /// How many other upstreams a request may be moved to after a connect failure.
+    pub retries: usize,
+    pub timeouts: Timeouts,
+    pub health_check: HealthCheckConfig,
+}
+
+impl LbConfig {
+    /// Default `retries`.
+    pub const DEFAULT_RETRIES: usize = 2;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw, as-written shape. Every struct denies unknown keys; optional keys fall back to the
+// defaults above during validation.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLb {
+    listen: Option<Vec<String>>,
+    upstreams: Option<Vec<RawUpstream>>,
+    #[serde(default)]
+    selection: Selection,
+    retries: Option<usize>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    health_check: RawHealthCheck,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<DurationValue>,
+    read: Option<DurationValue>,
+    write: Option<DurationValue>,
+    idle: Option<DurationValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(rename = "type", default)]
+    kind: CheckType,
+    interval: Option<DurationValue>,
+    timeout: Option<DurationValue>,
+    healthy_after: Option<usize>,
+    unhealthy_after: Option<usize>,
+    path: Option<String>,
+    host: Option<String>,
+    expect_status: Option<Vec<StatusValue>>,
+}
+
+/// An upstream written either as `"host:port"` or as `{ addr: "host:port", weight: N }`.
+struct RawUpstream {
+    addr: String,
+    weight: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamLong {
+    addr: String,
+    weight: Option<usize>,
+}
+
+impl<'de> Deserialize<'de> for RawUpstream {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UpstreamVisitor;
+        impl<'de> Visitor<'de> for UpstreamVisitor {
+            type Value = RawUpstream;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address such as \"127.0.0.1:8081\" or { addr: \"127.0.0.1:8081\", weight: 2 }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUpstream, E> {
+                Ok(RawUpstream {
+                    addr: v.to_owned(),
+                    weight: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUpstream, A::Error> {
+                let long =
+                    RawUpstreamLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawUpstream {
+                    addr: long.addr,
+                    weight: long.weight,
+                })
+            }
+        }
+        deserializer.deserialize_any(UpstreamVisitor)
+    }
+}
+
+/// A duration written as `500ms`, `2s`, `1m` or `1h`.
+#[derive(Debug, Clone, Copy)]
+struct DurationValue(Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A visitor, so that the error is raised at the value and serde_yaml names its key.
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 2s or 1m")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
+                parse_duration(v).map(DurationValue).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationValue, E> {
+                Err(E::custom(format!(
+                    "invalid duration `{v}`: give a unit, e.g. {v}s or {v}ms"
+                )))
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// Parses `500ms`, `2s`, `1m`, `1h` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || {
+        format!(
+            "invalid duration `{text}`: write a whole number and a unit, e.g. 500ms, 2s, 1m, 1h"
+        )
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    Ok(duration)
+}
+
+/// An expected status: `200` or a range `"200-399"`.
+struct StatusValue(StatusRange);
+
+impl<'de> Deserialize<'de> for StatusValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StatusVisitor;
+        impl Visitor<'_> for StatusVisitor {
+            type Value = StatusValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a status code such as 200 or a range such as \"200-399\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusValue, E> {
+                let code = status_code(v).map_err(E::custom)?;
+                Ok(StatusValue(StatusRange {
+                    low: code,
+                    high: code,
+                }))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusValue, E> {
+                self.visit_u64(
+                    u64::try_from(v).map_err(|_| E::custom(format!("invalid status code {v}")))?,
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusValue, E> {
+                let parse = |s: &str| -> Result<u16, String> {
+                    let n: u64 = s
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("invalid status `{v}`: expected 200 or 200-399"))?;
+                    status_code(n)
+                };
+                let range = match v.split_once('-') {
+                    Some((low, high)) => StatusRange {
+                        low: parse(low).map_err(E::custom)?,
+                        high: parse(high).map_err(E::custom)?,
+                    },
+                    None => {
+                        let code = parse(v).map_err(E::custom)?;
+                        StatusRange {
+                            low: code,
+                            high: code,
+                        }
+                    }
+                };
+                if range.low > range.high {
+                    return Err(E::custom(format!(
+                        "invalid status range `{v}`: low end above high end"
+                    )));
+                }
+                Ok(StatusValue(range))
+            }
+        }
+        deserializer.deserialize_any(StatusVisitor)
+    }
+}
+
+fn status_code(n: u64) -> Result<u16, String> {
+    match u16::try_from(n) {
+        Ok(code) if (100..=599).contains(&code) => Ok(code),
+        _ => Err(format!(
+            "invalid status code {n}: must be between 100 and 599"
+        )),
+    }
+}
+
+fn non_zero(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::invalid(key, "must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Resolves `host:port` (an IP literal needs no lookup; a name is looked up once, at load).
+fn resolve(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(ConfigError::invalid(
+            key,
+            format!("`{text}` has no port: write host:port, e.g. 127.0.0.1:8081"),
+        ));
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::invalid(key, format!("cannot resolve `{text}`: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| ConfigError::invalid(key, format!("`{text}` resolves to no address")))
+}
+
+impl RawLb {
+    fn validate(self, server: &ServerConf) -> Result<LbConfig, ConfigError> {
+        let listen_raw = self.listen.ok_or_else(|| {
+            ConfigError::invalid(
+                "lb.listen",
+                "missing: give at least one address such as \"0.0.0.0:80\"",
+            )
+        })?;
+        if listen_raw.is_empty() {
+            return Err(ConfigError::invalid(
+                "lb.listen",
+                "empty: give at least one address such as \"0.0.0.0:80\"",
+            ));
+        }
+        let mut listen = Vec::with_capacity(listen_raw.len());
+        for (i, text) in listen_raw.iter().enumerate() {
+            let key = format!("lb.listen[{i}]");
+            let addr: SocketAddr = text.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    &key,
+                    format!("invalid address `{text}`: write ip:port, e.g. 0.0.0.0:80 or [::]:80"),
+                )
+            })?;
+            if listen.contains(&addr) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{text}` is listed twice"),
+                ));
+            }
+            listen.push(addr);
+        }
+
+        let upstreams_raw = self.upstreams.ok_or_else(|| {
+            ConfigError::invalid("lb.upstreams", "missing: give at least one backend address")
+        })?;
+        if upstreams_raw.is_empty() {
+            return Err(ConfigError::invalid(
+                "lb.upstreams",
+                "empty: give at least one backend address",
+            ));
+        }
+        let mut upstreams: Vec<Upstream> = Vec::with_capacity(upstreams_raw.len());
+        for (i, raw) in upstreams_raw.into_iter().enumerate() {
+            let addr = resolve(&format!("lb.upstreams[{i}].addr"), raw.addr.trim())?;
+            let weight = raw.weight.unwrap_or(1);
+            if weight == 0 {
+                return Err(ConfigError::invalid(
+                    format!("lb.upstreams[{i}].weight"),
+                    "must be at least 1 (remove the upstream to send it nothing)",
+                ));
+            }
+            if let Some(other) = upstreams.iter().find(|u| u.addr == addr) {
+                return Err(ConfigError::invalid(
+                    format!("lb.upstreams[{i}]"),
+                    format!("`{}` is the same upstream as `{}`", raw.addr, other.name),
+                ));
+            }
+            upstreams.push(Upstream {
+                name: raw.addr.trim().to_owned(),
+                addr,
+                weight,
+            });
+        }
+
+        let retries = self.retries.unwrap_or(LbConfig::DEFAULT_RETRIES);
+        if retries >= server.max_retries {
+            return Err(ConfigError::invalid(
+                "lb.retries",
+                format!(
+                    "{retries} must be below the server's max_retries ({})",
+                    server.max_retries
+                ),
+            ));
+        }
+
+        let defaults = Timeouts::default();
+        let t = self.timeouts;
+        let timeouts = Timeouts {
+            connect: non_zero(
+                "lb.timeouts.connect",
+                t.connect.map_or(defaults.connect, |d| d.0),
+            )?,
+            read: non_zero("lb.timeouts.read", t.read.map_or(defaults.read, |d| d.0))?,
+            write: non_zero("lb.timeouts.write", t.write.map_or(defaults.write, |d| d.0))?,
+            idle: non_zero("lb.timeouts.idle", t.idle.map_or(defaults.idle, |d| d.0))?,
+        };
+
+        let defaults = HealthCheckConfig::default();
+        let h = self.health_check;
+        let count = |key: &str, v: Option<usize>, default: usize| -> Result<usize, ConfigError> {
+            match v.unwrap_or(default) {
+                0 => Err(ConfigError::invalid(key, "must be at least 1")),
+                n => Ok(n),
+            }
+        };
+        let path = h.path.unwrap_or(defaults.path);
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::invalid(
+                "lb.health_check.path",
+                format!("`{path}` must start with / and contain no spaces"),
+            ));
+        }
+        let host = h.host.unwrap_or(defaults.host);
+        if host.is_empty() || http::HeaderValue::from_str(&host).is_err() {
+            return Err(ConfigError::invalid(
+                "lb.health_check.host",
+                format!("`{host}` is not a valid Host header value"),
+            ));
+        }
+        let expect_status = match h.expect_status {
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::invalid(
+                    "lb.health_check.expect_status",
+                    "empty: give at least one status, e.g. [200] or [\"200-399\"]",
+                ))
+            }
+            Some(list) => list.into_iter().map(|s| s.0).collect(),
+            None => defaults.expect_status,
+        };
+        let health_check = HealthCheckConfig {
+            kind: h.kind,
+            interval: non_zero(
+                "lb.health_check.interval",
+                h.interval.map_or(defaults.interval, |d| d.0),
+            )?,
+            timeout: non_zero(
+                "lb.health_check.timeout",
+                h.timeout.map_or(defaults.timeout, |d| d.0),
+            )?,
+            healthy_after: count(
+                "lb.health_check.healthy_after",
+                h.healthy_after,
+                defaults.healthy_after,
+            )?,
+            unhealthy_after: count(
+                "lb.health_check.unhealthy_after",
+                h.unhealthy_after,
+                defaults.unhealthy_after,
+            )?,
+            path,
+            host,
+            expect_status,
+        };
+
+        Ok(LbConfig {
+            listen,
+            upstreams,
+            selection: self.selection,
+            retries,
+            timeouts,
+            health_check,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [\"127.0.0.1:8081\"]\n";
+
+    fn err(text: &str) -> String {
+        Config::from_yaml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.lb.selection, Selection::RoundRobin);
+        assert_eq!(c.lb.retries, 2);
+        assert_eq!(c.lb.timeouts, Timeouts::default());
+        assert_eq!(c.lb.health_check, HealthCheckConfig::default());
+        assert_eq!(c.lb.upstreams[0].weight, 1);
+        assert_eq!(c.server.threads, ServerConf::default().threads);
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::from_yaml(
+            r#"
+version: 1
+threads: 2
+lb:
+  listen: ["0.0.0.0:80", "[::1]:8080"]
+  upstreams:
+    - 127.0.0.1:8081
+    - { addr: 127.0.0.1:8082, weight: 2 }
+  selection: random
+  retries: 1
+  timeouts: { connect: 500ms, read: 2s, write: 1m, idle: 1h }
+  health_check:
+    type: http
+    interval: 3s
+    timeout: 250ms
+    healthy_after: 1
+    unhealthy_after: 5
+    path: /healthz
+    host: example.org
+    expect_status: [200, "300-399"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.server.threads, 2);
+        assert_eq!(c.lb.listen.len(), 2);
+        assert_eq!(c.lb.upstreams[1].weight, 2);
+        assert_eq!(c.lb.selection, Selection::Random);
+        assert_eq!(c.lb.timeouts.connect, Duration::from_millis(500));
+        assert_eq!(c.lb.timeouts.idle, Duration::from_secs(3600));
+        assert_eq!(c.lb.health_check.kind, CheckType::Http);
+        assert!(c.lb.health_check.expect_status[1].contains(302));
+        assert!(
+            !c.lb.health_check.expect_status[1].contains(200)
+                || c.lb.health_check.expect_status[0].contains(200)
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [\"127.0.0.1:8081\"]\n  health_check: { intervall: 2s }\n");
+        assert!(
+            e.contains("lb.health_check") && e.contains("intervall"),
+            "{e}"
+        );
+        let e = err(
+            "treads: 2\nlb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [\"127.0.0.1:8081\"]\n",
+        );
+        assert!(e.contains("treads"), "{e}");
+        let e = err("threads: many\nlb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [\"127.0.0.1:8081\"]\n");
+        assert!(e.starts_with("threads:"), "{e}");
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: []\n");
+        assert!(e.contains("lb.upstreams") && e.contains("empty"), "{e}");
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [{ addr: \"127.0.0.1:1\", weight: 0 }]\n");
+        assert!(e.contains("lb.upstreams[0].weight"), "{e}");
+        let e = err("lb:\n  listen: [\"nonsense\"]\n  upstreams: [\"127.0.0.1:8081\"]\n");
+        assert!(e.contains("lb.listen[0]"), "{e}");
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [\"127.0.0.1:8081\"]\n  timeouts: { read: 5 parsecs }\n");
+        assert!(
+            e.contains("lb.timeouts.read") && e.contains("invalid duration"),
+            "{e}"
+        );
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [\"127.0.0.1\"]\n");
+        assert!(
+            e.contains("lb.upstreams[0].addr") && e.contains("no port"),
+            "{e}"
+        );
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [\"127.0.0.1:1\"]\n  selection: fastest\n");
+        assert!(e.contains("lb.selection"), "{e}");
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [\"127.0.0.1:1\"]\n  health_check: { expect_status: [\"399-200\"] }\n");
+        assert!(e.contains("lb.health_check.expect_status"), "{e}");
+        let e = err("version: 1\n");
+        assert!(e.starts_with("lb:"), "{e}");
+    }
+}

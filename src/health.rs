@@ -1,0 +1,271 @@
+//! Active health checks.
+//!
+//! pingora's [`TcpHealthCheck`] and [`HttpHealthCheck`] do the probing; [`UpstreamCheck`] wraps
+//! them to add what operators need on top: a timeout per check, the `healthy_after` /
+//! `unhealthy_after` hysteresis, a first round that decides the initial state of every upstream
+//! (pingora would otherwise start them all as healthy), and one log line per state change with
+//! the reason. [`HealthService`] runs the rounds in the background and tells the server it is
+//! ready only after the first round, so no request reaches an upstream that was down at start.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
+use pingora::{Error, ErrorType};
+
+use crate::config::{CheckType, HealthCheckConfig};
+use crate::selection::Balancer;
+
+/// Builds the configured check, or `None` for `type: none`.
+pub fn build_check(config: &HealthCheckConfig) -> Option<Box<dyn HealthCheck + Send + Sync>> {
+    let probe: Box<dyn HealthCheck + Send + Sync> = match config.kind {
+        CheckType::None => return None,
+        CheckType::Tcp => {
+            let mut tcp = TcpHealthCheck::default();
+            tcp.peer_template.options.connection_timeout = Some(config.timeout);
+            tcp.peer_template.options.total_connection_timeout = Some(config.timeout);
+            Box::new(tcp)
+        }
+        CheckType::Http => {
+            let mut http = HttpHealthCheck::new(&config.host, false);
+            match http_check_request(config) {
+                Ok(req) => http.req = req,
+                Err(e) => log::error!("health check request for {}: {e}", config.path),
+            }
+            http.peer_template.options.connection_timeout = Some(config.timeout);
+            http.peer_template.options.total_connection_timeout = Some(config.timeout);
+            http.peer_template.options.read_timeout = Some(config.timeout);
+            http.peer_template.options.write_timeout = Some(config.timeout);
+            let expected = config.expect_status.clone();
+            http.validator = Some(Box::new(move |resp| {
+                let status = resp.status.as_u16();
+                if expected.iter().any(|range| range.contains(status)) {
+                    Ok(())
+                } else {
+                    Error::e_explain(
+                        ErrorType::CustomCode("unexpected status", status),
+                        "during http health check",
+                    )
+                }
+            }));
+            Box::new(http)
+        }
+    };
+    Some(Box::new(UpstreamCheck::new(probe, config)))
+}
+
+fn http_check_request(config: &HealthCheckConfig) -> pingora::Result<pingora::http::RequestHeader> {
+    let mut req = pingora::http::RequestHeader::build("GET", config.path.as_bytes(), None)?;
+    req.insert_header("Host", &config.host)?;
+    req.insert_header(
+        "User-Agent",
+        concat!("lb-health-check/", env!("CARGO_PKG_VERSION")),
+    )?;
+    Ok(req)
+}
+
+/// What the checks currently say about one upstream.
+#[derive(Debug, Clone, Default)]
+struct CheckState {
+    /// `None` until the first check of this upstream finished.
+    up: Option<bool>,
+    /// Consecutive results that disagree with `up`.
+    streak: usize,
+}
+
+/// A pingora probe plus timeout, hysteresis and logging.
+///
+/// It answers pingora with the *settled* state of the upstream (so pingora's own threshold is 1):
+/// a failing probe of an upstream that is still up counts towards `unhealthy_after` and reports
+/// success until the count is reached.
+pub struct UpstreamCheck {
+    probe: Box<dyn HealthCheck + Send + Sync>,
+    timeout: Duration,
+    healthy_after: usize,
+    unhealthy_after: usize,
+    states: Mutex<HashMap<SocketAddr, CheckState>>,
+}
+
+impl UpstreamCheck {
+    pub fn new(probe: Box<dyn HealthCheck + Send + Sync>, config: &HealthCheckConfig) -> Self {
+        UpstreamCheck {
+            probe,
+            // The probe's own timeouts cover connect and read; this bounds the whole check.
+            timeout: config.timeout,
+            healthy_after: config.healthy_after,
+            unhealthy_after: config.unhealthy_after,
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Folds one probe result into the upstream's state; returns whether it is now up.
+    fn observe(&self, addr: SocketAddr, result: &Result<(), String>) -> bool {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let state = states.entry(addr).or_default();
+        let passed = result.is_ok();
+        match state.up {
+            None => {
+                state.up = Some(passed);
+                match result {
+                    Ok(()) => log::info!("upstream {addr} is UP (first check passed)"),
+                    Err(reason) => {
+                        log::warn!("upstream {addr} is DOWN (first check failed): {reason}")
+                    }
+                }
+            }
+            Some(up) if up == passed => state.streak = 0,
+            Some(_) => {
+                state.streak += 1;
+                let needed = if passed {
+                    self.healthy_after
+                } else {
+                    self.unhealthy_after
+                };
+                if state.streak >= needed {
+                    state.up = Some(passed);
+                    let streak = std::mem::take(&mut state.streak);
+                    let s = if streak == 1 { "" } else { "s" };
+                    match result {
+                        Ok(()) => {
+                            log::info!("upstream {addr} is UP after {streak} passed check{s}")
+                        }
+                        Err(reason) => {
+                            log::warn!(
+                                "upstream {addr} is DOWN after {streak} failed check{s}: {reason}"
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        state.up.unwrap_or(passed)
+    }
+}
+
+#[async_trait]
+impl HealthCheck for UpstreamCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let Some(addr) = target.addr.as_inet().copied() else {
+            return Error::e_explain(ErrorType::InternalError, "not an inet upstream");
+        };
+        let result = match tokio::time::timeout(self.timeout, self.probe.check(target)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        };
+        if self.observe(addr, &result) {
+            Ok(())
+        } else {
+            let reason = result.err().unwrap_or_else(|| "still settling".to_string());
+            Error::e_explain(ErrorType::Custom("upstream down"), reason)
+        }
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        format!("upstream {}", target.addr)
+    }
+}
+
+/// A short, operator-readable reason for a failed probe.
+pub fn describe(e: &Error) -> String {
+    match e.etype() {
+        ErrorType::ConnectRefused => "connection refused".to_string(),
+        ErrorType::ConnectTimedout => "connect timed out".to_string(),
+        ErrorType::ReadTimedout => "no response in time".to_string(),
+        ErrorType::CustomCode(_, status) => format!("health check answered HTTP {status}"),
+        ErrorType::ConnectionClosed => "connection closed".to_string(),
+        other => match e.root_cause().to_string() {
+            cause if cause.is_empty() => other.as_str().to_string(),
+            cause => format!("{}: {cause}", other.as_str()),
+        },
+    }
+}
+
+/// Runs the health-check rounds in the background.
+pub struct HealthService {
+    balancer: Arc<Balancer>,
+    interval: Duration,
+    enabled: bool,
+}
+
+impl HealthService {
+    pub fn new(balancer: Arc<Balancer>, config: &HealthCheckConfig) -> Self {
+        HealthService {
+            balancer,
+            interval: config.interval,
+            enabled: config.kind != CheckType::None,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        if !self.enabled {
+            ready.notify_ready();
+            return;
+        }
+        // Every upstream is checked once, concurrently, before traffic is served.
+        self.balancer.backends().run_health_check(true).await;
+        ready.notify_ready();
+        let mut next = tokio::time::Instant::now() + self.interval;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            next = tokio::time::Instant::now() + self.interval;
+            self.balancer.backends().run_health_check(true).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(healthy_after: usize, unhealthy_after: usize) -> UpstreamCheck {
+        let config = HealthCheckConfig {
+            healthy_after,
+            unhealthy_after,
+            ..HealthCheckConfig::default()
+        };
+        UpstreamCheck::new(Box::new(TcpHealthCheck::default()), &config)
+    }
+
+    #[test]
+    fn first_result_decides_then_hysteresis_applies() {
+        let c = check(2, 3);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let fail = Err("connection refused".to_string());
+        assert!(!c.observe(a, &fail), "down at start");
+        assert!(!c.observe(a, &Ok(())), "one pass is not enough");
+        assert!(c.observe(a, &Ok(())), "two passes bring it back");
+        assert!(c.observe(a, &fail));
+        assert!(c.observe(a, &fail));
+        assert!(c.observe(a, &Ok(())), "a pass resets the failure streak");
+        assert!(c.observe(a, &fail));
+        assert!(c.observe(a, &fail));
+        assert!(!c.observe(a, &fail), "three failures in a row take it out");
+    }
+}

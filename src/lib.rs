@@ -1,0 +1,25 @@
+//! `lb`: an HTTP load balancer built on Cloudflare's Pingora.
+//!
+//! One module per concern: [`config`] reads and validates the YAML file, [`selection`] picks an
+//! upstream, [`health`] runs the active checks, [`proxy`] is the request path, [`server`]
+//! assembles pingora services from a config, [`demo`] is the built-in demo, [`cli`] the command
+//! line.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod proxy;
+pub mod selection;
+pub mod server;
+
+/// Sets up logging to stderr: level from `RUST_LOG`, `info` by default.
+///
+/// pingora's own health-check messages are kept to errors by default because [`health`] logs
+/// every state change itself, with the reason.
+pub fn init_logging() {
+    let default = "info,pingora_load_balancing=error";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_millis()
+        .init();
+}
