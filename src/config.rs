@@ -95,12 +95,15 @@ fn server_conf_from(keys: BTreeMap<String, serde_yaml::Value>) -> Result<ServerC
     let known = pingora_server_keys();
     for key in keys.keys() {
         if !known.contains(key) {
+            let hint = match closest(key, known.iter().map(String::as_str).chain(["lb"])) {
+                Some(near) => format!("not a pingora server key nor `lb`; did you mean `{near}`?"),
+                None => {
+                    "not a pingora server key nor `lb` (lb's own keys go under `lb:`)".to_string()
+                }
+            };
             return Err(ConfigError::UnknownKey {
                 key: key.clone(),
-                hint: format!(
-                    "not a pingora server key and not `lb` (did you mean to put it under `lb:`? pingora keys: {})",
-                    known.iter().cloned().collect::<Vec<_>>().join(", ")
-                ),
+                hint,
             });
         }
     }
@@ -119,6 +122,32 @@ fn server_conf_from(keys: BTreeMap<String, serde_yaml::Value>) -> Result<ServerC
         .map_err(|e| ConfigError::Syntax(e.to_string()))?;
     conf.validate()
         .map_err(|e| ConfigError::Syntax(format!("pingora server settings: {e}")))
+}
+
+/// The candidate nearest to `word` by edit distance, if it is near enough to be a typo.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The top-level keys pingora's [`ServerConf`] understands, read from its own serialization so

@@ -1,0 +1,460 @@
+//! Test harness: real backend servers in-process, the real `lb` binary as a child process, and a
+//! small HTTP/1.1 client that can also send malformed requests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+/// Polls `f` every 20 ms until it is true or `limit` passes; returns whether it became true.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backends
+
+/// What one backend has seen and how it should answer.
+#[derive(Default)]
+pub struct BackendState {
+    pub requests: AtomicUsize,
+    /// Request targets seen, in order.
+    pub seen: Mutex<Vec<String>>,
+    /// Status answered on `/health` (0 means 200).
+    pub health_status: AtomicU16,
+}
+
+struct EchoApp {
+    name: String,
+    state: Arc<BackendState>,
+}
+
+/// FNV-1a, to compare request bodies without shipping them back.
+pub fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[async_trait]
+impl ServeHttp for EchoApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            body.extend_from_slice(&chunk);
+        }
+        let req = session.req_header();
+        let target = req.uri.to_string();
+        let path = req.uri.path().to_owned();
+        if path == "/health" {
+            let status = match self.state.health_status.load(Ordering::SeqCst) {
+                0 => 200,
+                s => s,
+            };
+            return http::Response::builder()
+                .status(status)
+                .header("Content-Length", 0)
+                .body(Vec::new())
+                .unwrap();
+        }
+        self.state.requests.fetch_add(1, Ordering::SeqCst);
+        self.state.seen.lock().unwrap().push(target.clone());
+        if let Some(ms) = req
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("sleep_ms="))
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let mut text = format!(
+            "backend={}\nmethod={}\ntarget={}\nbody_len={}\nbody_fnv={}\n",
+            self.name,
+            req.method,
+            target,
+            body.len(),
+            fnv(&body)
+        );
+        for (name, value) in req.headers.iter() {
+            text.push_str(&format!(
+                "header:{}={}\n",
+                name.as_str(),
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+        http::Response::builder()
+            .status(200)
+            .header("Content-Type", "text/plain")
+            .header("Content-Length", text.len())
+            .header("X-Backend", &self.name)
+            .body(text.into_bytes())
+            .unwrap()
+    }
+}
+
+/// A real HTTP backend on a loopback port that can be stopped and started again.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub state: Arc<BackendState>,
+    runtime: tokio::runtime::Runtime,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut backend = Backend {
+            name: name.to_string(),
+            addr,
+            state: Arc::new(BackendState::default()),
+            runtime,
+            task: None,
+        };
+        backend.serve(listener);
+        backend
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let app = Arc::new(EchoApp {
+            name: self.name.clone(),
+            state: self.state.clone(),
+        });
+        self.task = Some(self.runtime.spawn(lb::demo::serve_http(listener, app)));
+    }
+
+    /// Stops listening and closes every open connection, like a crashed server.
+    pub fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = self.runtime.block_on(task);
+        }
+    }
+
+    /// Listens again on the same port.
+    pub fn restart(&mut self) {
+        let addr = self.addr;
+        let listener = wait_for(Duration::from_secs(5), || {
+            self.runtime
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .ok()
+        })
+        .expect("could not listen on the backend port again");
+        self.serve(listener);
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::SeqCst);
+    }
+}
+
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The lb binary
+
+/// A running `lb` process; killed when dropped.
+pub struct Lb {
+    pub addr: SocketAddr,
+    child: Child,
+    pub log_path: PathBuf,
+    _dir: TempDir,
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "lb-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn lb_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_lb")
+}
+
+/// The YAML for `upstreams` and extra `lb:` keys (already indented by two spaces).
+pub fn config_yaml(listen: SocketAddr, upstreams: &[String], extra: &str) -> String {
+    let list: Vec<String> = upstreams.iter().map(|u| format!("    - {u}\n")).collect();
+    format!(
+        "threads: 2\nlb:\n  listen: [\"{listen}\"]\n  upstreams:\n{}{extra}",
+        list.concat()
+    )
+}
+
+/// Fast health checks for tests.
+pub const FAST_CHECKS: &str = "  health_check:\n    interval: 100ms\n    timeout: 200ms\n    healthy_after: 2\n    unhealthy_after: 2\n";
+
+impl Lb {
+    /// Starts `lb` with the given `lb:` section extras and waits until it accepts connections.
+    pub fn start(upstreams: &[String], extra: &str) -> Lb {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = config_yaml(listen, upstreams, extra);
+        Self::start_with_config(listen, &config)
+    }
+
+    pub fn start_with_config(addr: SocketAddr, config: &str) -> Lb {
+        let dir = TempDir::new();
+        let conf_path = dir.0.join("lb.yaml");
+        std::fs::write(&conf_path, config).unwrap();
+        let log_path = dir.0.join("lb.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(lb_binary())
+            .arg("-c")
+            .arg(&conf_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("lb did not start");
+        let mut lb = Lb {
+            addr,
+            child,
+            log_path,
+            _dir: dir,
+        };
+        let up = wait_until(Duration::from_secs(15), || {
+            if let Ok(Some(status)) = lb.child.try_wait() {
+                panic!("lb exited with {status}: {}", lb.log());
+            }
+            TcpStream::connect(addr).is_ok()
+        });
+        assert!(up, "lb did not listen on {addr}: {}", lb.log());
+        lb
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        get(self.addr, path)
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Client
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The backend that answered (from the echo body).
+    pub fn backend(&self) -> Option<String> {
+        self.echo("backend")
+    }
+
+    /// A `key=value` line of the echo body.
+    pub fn echo(&self, key: &str) -> Option<String> {
+        let prefix = format!("{key}=");
+        self.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+    }
+}
+
+/// Reads one response from `reader` (Content-Length, chunked, or until close).
+pub fn read_response(reader: &mut impl BufRead, head_request: bool) -> std::io::Result<Response> {
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _): &&(String, String)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if head_request || status == 204 || status == 304 || status / 100 == 1 {
+    } else if let Some(len) = find("content-length") {
+        let len: usize = len.parse().map_err(std::io::Error::other)?;
+        body.resize(len, 0);
+        reader.read_exact(&mut body)?;
+    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(std::io::Error::other)?;
+            if size == 0 {
+                let mut end = String::new();
+                reader.read_line(&mut end)?;
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            let mut crlf = [0u8; 2];
+            reader.read_exact(&mut crlf)?;
+        }
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+pub fn send_raw(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(raw)?;
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader, false)
+}
+
+pub fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    send_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    try_get(addr, path).unwrap_or_else(|e| panic!("GET {path} on {addr} failed: {e}"))
+}
+
+/// A client that keeps one connection open across requests, reconnecting when the server closes.
+pub struct KeepAliveClient {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl KeepAliveClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        KeepAliveClient { addr, conn: None }
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let s = TcpStream::connect(self.addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                BufReader::new(s)
+            }
+        };
+        conn.get_mut()
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes())?;
+        let resp = read_response(&mut conn, false)?;
+        if !resp
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            self.conn = Some(conn);
+        }
+        Ok(resp)
+    }
+}
