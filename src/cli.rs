@@ -1,6 +1,7 @@
 //! The command line: pingora's own flags (`-c`, `-u`, `-d`, `-t`) plus our subcommands.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
@@ -12,11 +13,17 @@ use pingora::server::configuration::Opt;
     version,
     after_help = "Examples:\n  lb -c conf/pingora.yaml      run with a config file\n  \
                   lb -t -c conf/pingora.yaml   check the config file and exit\n  \
+                  lb reload -c conf/pingora.yaml   apply a changed config to the running lb\n  \
+                  lb upgrade -c conf/pingora.yaml  replace the running lb with a new process, losing nothing\n  \
+                  lb stop -c conf/pingora.yaml     stop gracefully: finish requests in flight, then exit\n  \
                   lb demo --listen 127.0.0.1:8080   try it with two built-in backends",
     mut_arg("upgrade", |a| a.help("Take over the listening sockets of a running lb (zero-downtime upgrade)")),
     mut_arg("daemon", |a| a.help("Run in the background (logs go to error_log, pid to pid_file)")),
     mut_arg("test", |a| a.help("Check the configuration file and exit: 0 if valid, 1 if not")),
-    mut_arg("conf", |a| a.help("The YAML configuration file (pingora's server keys plus `lb:`)").value_name("FILE")),
+    mut_arg("conf", |a| a
+        .help("The YAML configuration file (pingora's server keys plus `lb:`)")
+        .value_name("FILE")
+        .global(true)),
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -34,4 +41,17 @@ pub enum Command {
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
         listen: SocketAddr,
     },
+    /// Apply a changed config to the running instance (found through pid_file) without
+    /// dropping any connection; changes to listeners or pingora keys need `upgrade`
+    Reload,
+    /// Start a new process that takes over the listening sockets of the running one, then let
+    /// the old one finish its requests and exit (new binary, or any config change)
+    Upgrade {
+        /// The binary to start (default: this one)
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
+    /// Stop the running instance gracefully: no new connections, requests in flight finish
+    /// (within grace_period_seconds), then exit
+    Stop,
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
-use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::configuration::Opt;
 
 use crate::config::{
     CheckType, Config, HealthCheckConfig, LbConfig, Selection, Timeouts, Upstream,
@@ -136,7 +136,7 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
     println!("Press Ctrl-C to stop.");
 
     let config = Config {
-        server: ServerConf::default(),
+        server: crate::config::default_server_conf(),
         lb: LbConfig {
             listen: vec![listen],
             upstreams,
@@ -149,5 +149,5 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
             },
         },
     };
-    crate::server::build(Opt::default(), config).run_forever()
+    crate::server::build(Opt::default(), config, None).run_forever()
 }

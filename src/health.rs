@@ -21,10 +21,19 @@ use pingora::services::ServiceReadyNotifier;
 use pingora::{Error, ErrorType};
 
 use crate::config::{CheckType, HealthCheckConfig};
-use crate::selection::Balancer;
+use crate::reload::SharedRouting;
+
+/// The settled state of every checked upstream, shared so that a reload can carry it over.
+pub type CheckStates = Arc<Mutex<HashMap<SocketAddr, CheckState>>>;
 
 /// Builds the configured check, or `None` for `type: none`.
-pub fn build_check(config: &HealthCheckConfig) -> Option<Box<dyn HealthCheck + Send + Sync>> {
+///
+/// `carried` holds the states of a check being replaced (on reload): upstreams found there keep
+/// their up/down state and streak instead of starting over.
+pub fn build_check(
+    config: &HealthCheckConfig,
+    carried: Option<&CheckStates>,
+) -> Option<(Box<dyn HealthCheck + Send + Sync>, CheckStates)> {
     let probe: Box<dyn HealthCheck + Send + Sync> = match config.kind {
         CheckType::None => return None,
         CheckType::Tcp => {
@@ -58,7 +67,13 @@ pub fn build_check(config: &HealthCheckConfig) -> Option<Box<dyn HealthCheck + S
             Box::new(http)
         }
     };
-    Some(Box::new(UpstreamCheck::new(probe, config)))
+    let check = UpstreamCheck::new(probe, config);
+    if let Some(carried) = carried {
+        let carried = carried.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        *check.states.lock().unwrap_or_else(|p| p.into_inner()) = carried;
+    }
+    let states = check.states.clone();
+    Some((Box::new(check), states))
 }
 
 fn http_check_request(config: &HealthCheckConfig) -> pingora::Result<pingora::http::RequestHeader> {
@@ -73,7 +88,7 @@ fn http_check_request(config: &HealthCheckConfig) -> pingora::Result<pingora::ht
 
 /// What the checks currently say about one upstream.
 #[derive(Debug, Clone, Default)]
-struct CheckState {
+pub struct CheckState {
     /// `None` until the first check of this upstream finished.
     up: Option<bool>,
     /// Consecutive results that disagree with `up`.
@@ -90,7 +105,7 @@ pub struct UpstreamCheck {
     timeout: Duration,
     healthy_after: usize,
     unhealthy_after: usize,
-    states: Mutex<HashMap<SocketAddr, CheckState>>,
+    states: CheckStates,
 }
 
 impl UpstreamCheck {
@@ -101,7 +116,7 @@ impl UpstreamCheck {
             timeout: config.timeout,
             healthy_after: config.healthy_after,
             unhealthy_after: config.unhealthy_after,
-            states: Mutex::new(HashMap::new()),
+            states: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -192,20 +207,15 @@ pub fn describe(e: &Error) -> String {
     }
 }
 
-/// Runs the health-check rounds in the background.
+/// Runs the health-check rounds in the background, always on the current routing (a reload
+/// may replace it between two rounds).
 pub struct HealthService {
-    balancer: Arc<Balancer>,
-    interval: Duration,
-    enabled: bool,
+    routing: SharedRouting,
 }
 
 impl HealthService {
-    pub fn new(balancer: Arc<Balancer>, config: &HealthCheckConfig) -> Self {
-        HealthService {
-            balancer,
-            interval: config.interval,
-            enabled: config.kind != CheckType::None,
-        }
+    pub fn new(routing: SharedRouting) -> Self {
+        HealthService { routing }
     }
 }
 
@@ -216,17 +226,21 @@ impl BackgroundService for HealthService {
         mut shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
-        if !self.enabled {
-            ready.notify_ready();
-            return;
-        }
         // Every upstream is checked once, concurrently, before traffic is served.
-        self.balancer.backends().run_health_check(true).await;
+        self.routing.load_full().check_round().await;
+        crate::lifecycle::notify_upgrader(crate::lifecycle::UpgradeStage::Checked);
         ready.notify_ready();
-        let mut next = tokio::time::Instant::now() + self.interval;
         loop {
+            let routing = self.routing.load_full();
+            let Some(interval) = routing.check_interval() else {
+                // Checks are off; a reload may turn them on.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep(interval) => {}
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         return;
@@ -234,8 +248,7 @@ impl BackgroundService for HealthService {
                     continue;
                 }
             }
-            next = tokio::time::Instant::now() + self.interval;
-            self.balancer.backends().run_health_check(true).await;
+            self.routing.load_full().check_round().await;
         }
     }
 }

@@ -2,14 +2,20 @@
 //!
 //! One module per concern: [`config`] reads and validates the YAML file, [`selection`] picks an
 //! upstream, [`health`] runs the active checks, [`proxy`] is the request path, [`server`]
-//! assembles pingora services from a config, [`demo`] is the built-in demo, [`cli`] the command
-//! line.
+//! assembles pingora services from a config, [`reload`] applies a changed config in place,
+//! [`lifecycle`] announces the instance and ends it gracefully, [`instance`] and [`control`]
+//! let `lb reload|upgrade|stop` find and drive a running instance, [`demo`] is the built-in
+//! demo, [`cli`] the command line.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod health;
+pub mod instance;
+pub mod lifecycle;
 pub mod proxy;
+pub mod reload;
 pub mod selection;
 pub mod server;
 

@@ -1,39 +1,92 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use lb::cli::{Cli, Command};
 use lb::config::Config;
+use lb::control::{self, NO_DAEMON_ENV};
+use lb::instance::{InstanceError, InstanceFiles};
 
 fn main() -> ExitCode {
+    // Until the reload service takes SIGHUP over, a reload request must not kill the process.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     lb::init_logging();
-    if let Some(Command::Demo { listen }) = cli.command {
-        return match lb::demo::run(listen) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e.to_string()),
-        };
-    }
-    let Some(path) = cli.server.conf.clone() else {
-        return fail("no configuration file: give one with -c FILE (or try `lb demo`)");
+    let conf = cli.server.conf.clone();
+    let need_conf = || {
+        conf.clone()
+            .ok_or("no configuration file: give one with -c FILE (or try `lb demo`)")
     };
-    let config = match Config::load(Path::new(&path)) {
-        Ok(config) => config,
-        Err(e) => return fail(&format!("{path}: {e}")),
+    let outcome = match cli.command {
+        Some(Command::Demo { listen }) => lb::demo::run(listen).map_err(|e| e.to_string()),
+        Some(Command::Reload) => need_conf()
+            .map_err(str::to_string)
+            .and_then(|path| report(control::reload(Path::new(&path)))),
+        Some(Command::Upgrade { binary }) => need_conf()
+            .map_err(str::to_string)
+            .and_then(|path| report(control::upgrade(Path::new(&path), binary.as_deref()))),
+        Some(Command::Stop) => need_conf()
+            .map_err(str::to_string)
+            .and_then(|path| report(control::stop(Path::new(&path)))),
+        None => match need_conf() {
+            Ok(path) => run(cli, &path),
+            Err(e) => Err(e.to_string()),
+        },
     };
-    if cli.server.test {
-        println!("lb: configuration file {path} is valid");
-        return ExitCode::SUCCESS;
-    }
-    if !cli.server.upgrade {
-        if let Err(e) = lb::server::check_listen(&config.lb.listen) {
-            return fail(&e.to_string());
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("lb: {message}");
+            ExitCode::FAILURE
         }
     }
-    lb::server::build(cli.server, config).run_forever()
 }
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("lb: {message}");
-    ExitCode::FAILURE
+fn report(result: Result<String, control::ControlError>) -> Result<(), String> {
+    result
+        .map(|message| println!("lb: {message}"))
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the balancer in this process until it is stopped.
+fn run(mut cli: Cli, path: &str) -> Result<(), String> {
+    let mut config = Config::load(Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
+    if cli.server.test {
+        println!("lb: configuration file {path} is valid");
+        return Ok(());
+    }
+    if std::env::var_os(NO_DAEMON_ENV).is_some() {
+        config.server.daemon = false;
+        cli.server.daemon = false;
+    }
+    let files = InstanceFiles::new(&config.server.pid_file);
+    if !cli.server.upgrade {
+        match files.running_pid() {
+            Ok(pid) => {
+                return Err(format!(
+                    "lb is already running with pid file {} (pid {pid}); stop it, upgrade it, or use another pid_file",
+                    files.pid_file.display()
+                ))
+            }
+            Err(InstanceError::Stale { path, pid }) => {
+                log::warn!("removing stale pid file {} (process {pid} is gone)", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => {}
+        }
+        lb::server::check_listen(&config.lb.listen).map_err(|e| e.to_string())?;
+        if !config.server.daemon && !cli.server.daemon {
+            // A daemon gets its pid file from pingora after forking.
+            files
+                .write_pid()
+                .map_err(|e| format!("cannot write pid file {}: {e}", files.pid_file.display()))?;
+        }
+    }
+    let config_path = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+    lb::server::build(cli.server, config, Some(config_path)).run(Default::default());
+    files.remove_if_ours();
+    Ok(())
 }

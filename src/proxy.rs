@@ -11,8 +11,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::config::{LbConfig, Timeouts};
-use crate::selection::Balancer;
+use crate::lifecycle::{InFlight, InFlightGuard};
+use crate::reload::{Routing, SharedRouting};
 
 /// No upstream is healthy: answered with 503.
 const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("NoHealthyUpstream");
@@ -29,34 +29,30 @@ const HOP_BY_HOP: [HeaderName; 4] = [
 
 /// The load-balancing proxy.
 pub struct LbProxy {
-    balancer: Arc<Balancer>,
-    retries: usize,
-    timeouts: Timeouts,
-    /// Client keep-alive, in whole seconds as pingora takes it.
-    client_keepalive_secs: u64,
+    routing: SharedRouting,
+    in_flight: InFlight,
 }
 
 impl LbProxy {
-    pub fn new(balancer: Arc<Balancer>, config: &LbConfig) -> Self {
-        LbProxy {
-            balancer,
-            retries: config.retries,
-            timeouts: config.timeouts,
-            client_keepalive_secs: config.timeouts.idle.as_secs().max(1),
-        }
-    }
-
-    /// Whether another upstream may still be tried.
-    fn may_retry(&self, ctx: &RequestCtx) -> bool {
-        ctx.tried.len() <= self.retries
+    pub fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
+        LbProxy { routing, in_flight }
     }
 }
 
 /// Per-request state.
-#[derive(Debug, Default)]
 pub struct RequestCtx {
+    /// The routing this request started with; a reload does not change it midway.
+    routing: Arc<Routing>,
     /// Upstreams this request was sent to, in order; never picked again for it.
     pub tried: Vec<SocketAddr>,
+    _in_flight: InFlightGuard,
+}
+
+impl RequestCtx {
+    /// Whether another upstream may still be tried.
+    fn may_retry(&self) -> bool {
+        self.tried.len() <= self.routing.config.retries
+    }
 }
 
 #[async_trait]
@@ -64,15 +60,19 @@ impl ProxyHttp for LbProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            routing: self.routing.load_full(),
+            tried: Vec::new(),
+            _in_flight: self.in_flight.enter(),
+        }
     }
 
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        session.set_keepalive(Some(self.client_keepalive_secs));
+        session.set_keepalive(Some(ctx.routing.config.timeouts.idle.as_secs().max(1)));
         Ok(())
     }
 
@@ -81,7 +81,7 @@ impl ProxyHttp for LbProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(backend) = self.balancer.select(&ctx.tried) else {
+        let Some(backend) = ctx.routing.balancer.select(&ctx.tried) else {
             return if ctx.tried.is_empty() {
                 Error::e_explain(NO_HEALTHY_UPSTREAM, "no healthy upstream")
             } else {
@@ -92,13 +92,14 @@ impl ProxyHttp for LbProxy {
             return Error::e_explain(ErrorType::InternalError, "upstream is not an inet address");
         };
         ctx.tried.push(addr);
+        let timeouts = &ctx.routing.config.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let options = &mut peer.options;
-        options.connection_timeout = Some(self.timeouts.connect);
-        options.total_connection_timeout = Some(self.timeouts.connect);
-        options.read_timeout = Some(self.timeouts.read);
-        options.write_timeout = Some(self.timeouts.write);
-        options.idle_timeout = Some(self.timeouts.idle);
+        options.connection_timeout = Some(timeouts.connect);
+        options.total_connection_timeout = Some(timeouts.connect);
+        options.read_timeout = Some(timeouts.read);
+        options.write_timeout = Some(timeouts.write);
+        options.idle_timeout = Some(timeouts.idle);
         Ok(Box::new(peer))
     }
 
@@ -169,7 +170,7 @@ impl ProxyHttp for LbProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing of the request reached the upstream, so any request may go elsewhere.
-        if self.may_retry(ctx) {
+        if ctx.may_retry() {
             log::warn!(
                 "upstream {} connect failed ({}); trying another upstream",
                 peer._address,
@@ -199,7 +200,7 @@ impl ProxyHttp for LbProxy {
         let safe = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
-        e.set_retry(connection_failed && safe && self.may_retry(ctx));
+        e.set_retry(connection_failed && safe && ctx.may_retry());
         e
     }
 

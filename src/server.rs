@@ -1,16 +1,20 @@
 //! Assembling pingora's [`Server`] from a validated [`Config`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
-use pingora::services::background::background_service;
+use pingora::services::background::{background_service, GenBackgroundService};
 
-use crate::config::Config;
-use crate::health::{self, HealthService};
+use crate::config::{server_defaults, Config};
+use crate::health::HealthService;
+use crate::instance::InstanceFiles;
+use crate::lifecycle::{InFlight, LifecycleService};
 use crate::proxy::LbProxy;
-use crate::selection::Balancer;
+use crate::reload::{ReloadService, Routing};
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -19,36 +23,59 @@ pub enum StartError {
     Listen { addr: SocketAddr, reason: String },
 }
 
-/// Builds the server: the health-check service, and the proxy service that starts only after
-/// the first round of checks has decided which upstreams are up.
+/// Builds the server. The services start in this order:
+/// 1. bootstrap (takes over the listening sockets of an old process when upgrading) and the
+///    health checks, whose first round decides which upstreams are up;
+/// 2. the proxy, once both are done;
+/// 3. the lifecycle service, which announces the instance and handles its graceful end.
 ///
-/// `opt` carries pingora's command-line flags (`-u`, `-d`); its config path is not used, the
-/// file having been read into `config` already.
-pub fn build(mut opt: Opt, config: Config) -> Server {
+/// `opt` carries pingora's command-line flags (`-u`, `-d`); the file was read into `config`
+/// already. `config_path`, when given, is re-read on SIGHUP.
+pub fn build(mut opt: Opt, config: Config, config_path: Option<PathBuf>) -> Server {
     opt.conf = None;
-    let Config { server: conf, lb } = config;
-    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
-    server.bootstrap();
-
-    let check = health::build_check(&lb.health_check);
-    let balancer = Arc::new(Balancer::new(lb.selection, &lb.upstreams, check));
-
-    let health = background_service(
-        "health checks",
-        HealthService::new(balancer.clone(), &lb.health_check),
+    let files = InstanceFiles::new(&config.server.pid_file);
+    let grace = Duration::from_secs(
+        config
+            .server
+            .grace_period_seconds
+            .unwrap_or(server_defaults::GRACE_PERIOD_SECONDS),
     );
-    let health = server.add_service(health);
+    let routing = Routing::new(config.lb.clone(), None).shared();
+    let reload =
+        config_path.map(|path| Arc::new(ReloadService::new(routing.clone(), path, &config)));
+    let listen = config.lb.listen.clone();
 
+    let mut server = Server::new_with_opt_and_conf(Some(opt), config.server);
+    let bootstrap = server.bootstrap_as_a_service();
+    let health = server.add_service(background_service(
+        "health checks",
+        HealthService::new(routing.clone()),
+    ));
+    if let Some(reload) = &reload {
+        server.add_service(GenBackgroundService::new(
+            "reload".to_string(),
+            reload.clone(),
+        ));
+    }
+
+    let in_flight = InFlight::default();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        LbProxy::new(balancer, &lb),
+        LbProxy::new(routing, in_flight.clone()),
         "lb proxy",
     );
-    for addr in &lb.listen {
+    for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
     let proxy = server.add_service(proxy);
+    proxy.add_dependency(&bootstrap);
     proxy.add_dependency(&health);
+
+    let lifecycle = server.add_service(background_service(
+        "lifecycle",
+        LifecycleService::new(files, reload, in_flight, grace),
+    ));
+    lifecycle.add_dependency(&proxy);
     server
 }
 

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,9 +204,10 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 /// A running `lb` process; killed when dropped.
 pub struct Lb {
     pub addr: SocketAddr,
-    child: Child,
+    pub child: Child,
     pub log_path: PathBuf,
-    _dir: TempDir,
+    pub conf_path: PathBuf,
+    pub dir: TempDir,
 }
 
 /// A temporary directory removed on drop.
@@ -235,11 +236,14 @@ pub fn lb_binary() -> &'static str {
     env!("CARGO_BIN_EXE_lb")
 }
 
-/// The YAML for `upstreams` and extra `lb:` keys (already indented by two spaces).
-pub fn config_yaml(listen: SocketAddr, upstreams: &[String], extra: &str) -> String {
+/// A whole config file: per-test pid file and upgrade socket in `dir`, the upstreams, and
+/// extra `lb:` keys (already indented by two spaces).
+pub fn config_yaml(dir: &Path, listen: SocketAddr, upstreams: &[String], extra: &str) -> String {
     let list: Vec<String> = upstreams.iter().map(|u| format!("    - {u}\n")).collect();
     format!(
-        "threads: 2\nlb:\n  listen: [\"{listen}\"]\n  upstreams:\n{}{extra}",
+        "threads: 2\npid_file: {}/lb.pid\nupgrade_sock: {}/upgrade.sock\nlb:\n  listen: [\"{listen}\"]\n  upstreams:\n{}{extra}",
+        dir.display(),
+        dir.display(),
         list.concat()
     )
 }
@@ -248,15 +252,17 @@ pub fn config_yaml(listen: SocketAddr, upstreams: &[String], extra: &str) -> Str
 pub const FAST_CHECKS: &str = "  health_check:\n    interval: 100ms\n    timeout: 200ms\n    healthy_after: 2\n    unhealthy_after: 2\n";
 
 impl Lb {
-    /// Starts `lb` with the given `lb:` section extras and waits until it accepts connections.
+    /// Starts `lb` with the given upstreams and `lb:` extras and waits until it accepts
+    /// connections.
     pub fn start(upstreams: &[String], extra: &str) -> Lb {
+        let dir = TempDir::new();
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = config_yaml(listen, upstreams, extra);
-        Self::start_with_config(listen, &config)
+        let config = config_yaml(&dir.0, listen, upstreams, extra);
+        Self::start_in(dir, listen, &config)
     }
 
-    pub fn start_with_config(addr: SocketAddr, config: &str) -> Lb {
-        let dir = TempDir::new();
+    /// Starts `lb` on a config file written into `dir`.
+    pub fn start_in(dir: TempDir, addr: SocketAddr, config: &str) -> Lb {
         let conf_path = dir.0.join("lb.yaml");
         std::fs::write(&conf_path, config).unwrap();
         let log_path = dir.0.join("lb.log");
@@ -273,7 +279,8 @@ impl Lb {
             addr,
             child,
             log_path,
-            _dir: dir,
+            conf_path,
+            dir,
         };
         let up = wait_until(Duration::from_secs(15), || {
             if let Ok(Some(status)) = lb.child.try_wait() {

@@ -1,0 +1,143 @@
+//! The process around the proxy: announcing that it serves (pid and status files, and the
+//! handshake with `lb upgrade`), counting requests in flight, and leaving as soon as they are
+//! done once a graceful stop or upgrade has begun.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::instance::InstanceFiles;
+use crate::reload::ReloadService;
+
+/// The environment variable through which `lb upgrade` asks the new process to report progress.
+pub const READY_FILE_ENV: &str = "LB_UPGRADE_READY_FILE";
+
+/// How far a new process started by `lb upgrade` has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeStage {
+    /// The first health-check round is done: the old process may be asked to hand over.
+    Checked,
+    /// The listeners are taken over and requests are served.
+    Serving,
+}
+
+impl UpgradeStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeStage::Checked => "checked",
+            UpgradeStage::Serving => "serving",
+        }
+    }
+}
+
+/// Tells a waiting `lb upgrade` (if any started this process) that `stage` is reached.
+pub fn notify_upgrader(stage: UpgradeStage) {
+    static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let path = PATH.get_or_init(|| std::env::var_os(READY_FILE_ENV).map(PathBuf::from));
+    if let Some(path) = path {
+        if let Err(e) = std::fs::write(path, stage.as_str()) {
+            log::warn!("cannot report upgrade progress to {}: {e}", path.display());
+        }
+    }
+}
+
+/// Requests being proxied right now.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts a request until the returned guard is dropped.
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.0.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Decrements the in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts once the proxy serves; on shutdown, ends the process as soon as no request is left.
+pub struct LifecycleService {
+    files: InstanceFiles,
+    reload: Option<Arc<ReloadService>>,
+    in_flight: InFlight,
+    grace: Duration,
+}
+
+impl LifecycleService {
+    pub fn new(
+        files: InstanceFiles,
+        reload: Option<Arc<ReloadService>>,
+        in_flight: InFlight,
+        grace: Duration,
+    ) -> Self {
+        LifecycleService {
+            files,
+            reload,
+            in_flight,
+            grace,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for LifecycleService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Err(e) = self.files.write_pid() {
+            log::error!(
+                "cannot write pid file {}: {e}",
+                self.files.pid_file.display()
+            );
+        }
+        if let Some(reload) = &self.reload {
+            reload.publish_status();
+        }
+        notify_upgrader(UpgradeStage::Serving);
+        log::info!(
+            "lb {} serving (pid {})",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        );
+
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        log::info!(
+            "graceful shutdown: no new connections; waiting up to {}s for {} request(s) in flight",
+            self.grace.as_secs(),
+            self.in_flight.count()
+        );
+        // Idle means no request for a few polls in a row, so that one whose connection was
+        // accepted just before the listeners closed gets counted.
+        let mut idle_polls = 0;
+        while idle_polls < 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.in_flight.count() == 0 {
+                idle_polls += 1;
+            } else {
+                idle_polls = 0;
+            }
+        }
+        log::info!("graceful shutdown: all requests finished, exiting");
+        self.files.remove_if_ours();
+        std::process::exit(0);
+    }
+}

@@ -1,0 +1,263 @@
+//! Applying a changed configuration inside the running process.
+//!
+//! Everything a request needs to be routed — the upstream set with its health, the selection
+//! algorithm, retries and timeouts — is one immutable [`Routing`] behind an [`ArcSwap`]. A
+//! reload builds a new one, checks its upstreams once (carrying over the state of those that
+//! stay, so none flaps), and swaps it in. Requests in flight keep the routing they started
+//! with; open connections are never touched.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{Config, LbConfig, Upstream};
+use crate::health::{self, CheckStates};
+use crate::instance::{InstanceFiles, Status};
+use crate::selection::Balancer;
+
+/// How requests are routed right now.
+pub struct Routing {
+    pub config: LbConfig,
+    pub balancer: Balancer,
+    /// Present when active checks are on.
+    check_states: Option<CheckStates>,
+}
+
+/// The current routing, replaced as a whole on reload.
+pub type SharedRouting = Arc<ArcSwap<Routing>>;
+
+impl Routing {
+    /// Builds the routing for `config`. `previous`, on reload, lends its upstreams' health.
+    pub fn new(config: LbConfig, previous: Option<&Routing>) -> Self {
+        let carried = previous.and_then(|p| p.check_states.as_ref());
+        let (check, check_states) = match health::build_check(&config.health_check, carried) {
+            Some((check, states)) => (Some(check), Some(states)),
+            None => (None, None),
+        };
+        let balancer = Balancer::new(config.selection, &config.upstreams, check);
+        Routing {
+            config,
+            balancer,
+            check_states,
+        }
+    }
+
+    pub fn shared(self) -> SharedRouting {
+        Arc::new(ArcSwap::from_pointee(self))
+    }
+
+    /// Runs one round of active checks over every upstream, concurrently.
+    pub async fn check_round(&self) {
+        if self.check_states.is_some() {
+            self.balancer.backends().run_health_check(true).await;
+        }
+    }
+
+    /// Time between check rounds, or `None` when checks are off.
+    pub fn check_interval(&self) -> Option<Duration> {
+        self.check_states
+            .as_ref()
+            .map(|_| self.config.health_check.interval)
+    }
+}
+
+/// Why a reload was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0} changed: that needs `lb upgrade`; nothing was changed")]
+    NeedsUpgrade(String),
+}
+
+/// Re-reads the configuration on SIGHUP and applies what can change in place.
+pub struct ReloadService {
+    routing: SharedRouting,
+    config_path: PathBuf,
+    /// The pingora server settings and listeners the process started with; changing them
+    /// needs new sockets or a new process.
+    started_server: serde_yaml::Value,
+    started_listen: Vec<SocketAddr>,
+    files: InstanceFiles,
+    status: Mutex<Status>,
+}
+
+impl ReloadService {
+    pub fn new(routing: SharedRouting, config_path: PathBuf, config: &Config) -> Self {
+        let files = InstanceFiles::new(&config.server.pid_file);
+        let status = Status {
+            config: config_path.clone(),
+            listen: config.lb.listen.clone(),
+            ..Status::default()
+        };
+        ReloadService {
+            routing,
+            config_path,
+            started_server: server_value(&config.server),
+            started_listen: config.lb.listen.clone(),
+            files,
+            status: Mutex::new(status),
+        }
+    }
+
+    /// Publishes the status file (done once serving, and after each reload).
+    pub fn publish_status(&self) {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Read now: a daemon has forked since this service was built.
+        status.pid = std::process::id() as i32;
+        if let Err(e) = self.files.write_status(&status) {
+            log::warn!("cannot write {}: {e}", self.files.status_file.display());
+        }
+    }
+
+    /// Reads the file again and swaps in the new routing; returns what changed.
+    pub async fn reload(&self) -> Result<String, ReloadError> {
+        let config = Config::load(&self.config_path)?;
+        if server_value(&config.server) != self.started_server {
+            let changed = changed_keys(&self.started_server, &server_value(&config.server));
+            return Err(ReloadError::NeedsUpgrade(format!(
+                "pingora server settings ({changed})"
+            )));
+        }
+        if config.lb.listen != self.started_listen {
+            return Err(ReloadError::NeedsUpgrade("lb.listen".to_string()));
+        }
+        let current = self.routing.load_full();
+        let next = Routing::new(config.lb, Some(&current));
+        // Settle the new upstream set before it takes traffic: kept upstreams keep their
+        // state, new ones get their first check now.
+        next.check_round().await;
+        let summary = describe_changes(&current.config, &next.config);
+        self.routing.store(Arc::new(next));
+        Ok(summary)
+    }
+
+    async fn handle_reload(&self) {
+        let outcome = self.reload().await;
+        match &outcome {
+            Ok(summary) => log::info!("reloaded {}: {summary}", self.config_path.display()),
+            Err(e) => log::error!("reload of {} refused: {e}", self.config_path.display()),
+        }
+        {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.reloads += 1;
+            status.last_reload_ok = outcome.is_ok();
+            status.last_reload = match outcome {
+                Ok(summary) => summary,
+                Err(e) => e.to_string(),
+            };
+        }
+        self.publish_status();
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("cannot listen for SIGHUP, reload is unavailable: {e}");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                received = hangups.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    log::info!("SIGHUP received: reloading {}", self.config_path.display());
+                    self.handle_reload().await;
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn server_value(conf: &pingora::server::configuration::ServerConf) -> serde_yaml::Value {
+    serde_yaml::to_value(conf).unwrap_or(serde_yaml::Value::Null)
+}
+
+fn changed_keys(before: &serde_yaml::Value, after: &serde_yaml::Value) -> String {
+    let (Some(before), Some(after)) = (before.as_mapping(), after.as_mapping()) else {
+        return "unknown".to_string();
+    };
+    let keys: Vec<String> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .filter_map(|(k, _)| k.as_str().map(str::to_owned))
+        .collect();
+    keys.join(", ")
+}
+
+/// A one-line account of what a reload changed.
+fn describe_changes(before: &LbConfig, after: &LbConfig) -> String {
+    let find = |list: &[Upstream], addr: SocketAddr| list.iter().find(|u| u.addr == addr).cloned();
+    let mut parts = Vec::new();
+    let added: Vec<String> = after
+        .upstreams
+        .iter()
+        .filter(|u| find(&before.upstreams, u.addr).is_none())
+        .map(|u| u.addr.to_string())
+        .collect();
+    let removed: Vec<String> = before
+        .upstreams
+        .iter()
+        .filter(|u| find(&after.upstreams, u.addr).is_none())
+        .map(|u| u.addr.to_string())
+        .collect();
+    let reweighted: Vec<String> = after
+        .upstreams
+        .iter()
+        .filter_map(|u| {
+            let old = find(&before.upstreams, u.addr)?;
+            (old.weight != u.weight).then(|| format!("{} {}→{}", u.addr, old.weight, u.weight))
+        })
+        .collect();
+    for (label, list) in [
+        ("added", added),
+        ("removed", removed),
+        ("weight", reweighted),
+    ] {
+        if !list.is_empty() {
+            parts.push(format!("{label} {}", list.join(", ")));
+        }
+    }
+    if before.selection != after.selection {
+        parts.push(format!(
+            "selection {}→{}",
+            before.selection, after.selection
+        ));
+    }
+    if before.retries != after.retries {
+        parts.push(format!("retries {}→{}", before.retries, after.retries));
+    }
+    if before.timeouts != after.timeouts {
+        parts.push("timeouts changed".to_string());
+    }
+    if before.health_check != after.health_check {
+        parts.push("health checks changed".to_string());
+    }
+    if parts.is_empty() {
+        format!("no change ({} upstreams)", after.upstreams.len())
+    } else {
+        format!("{} ({} upstreams)", parts.join("; "), after.upstreams.len())
+    }
+}
