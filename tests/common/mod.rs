@@ -305,8 +305,24 @@ impl Lb {
     }
 }
 
+impl Lb {
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.0.join("lb.pid")
+    }
+
+    pub fn conf(&self) -> &str {
+        self.conf_path.to_str().unwrap()
+    }
+}
+
 impl Drop for Lb {
     fn drop(&mut self) {
+        // A process started by `lb upgrade` is not our child: find it through the pid file.
+        if let Some(pid) = read_pid(&self.pid_file()) {
+            if pid as u32 != self.child.id() && pid_alive(pid) {
+                let _ = lb::instance::signal(pid, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -437,14 +453,34 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 pub struct KeepAliveClient {
     addr: SocketAddr,
     conn: Option<BufReader<TcpStream>>,
+    /// How often the server had closed the idle connection before a request.
+    pub idle_closes: usize,
 }
 
 impl KeepAliveClient {
     pub fn new(addr: SocketAddr) -> Self {
-        KeepAliveClient { addr, conn: None }
+        KeepAliveClient {
+            addr,
+            conn: None,
+            idle_closes: 0,
+        }
     }
 
     pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        let reused = self.conn.is_some();
+        match self.try_get(path) {
+            // Like every HTTP client: a kept-alive connection the server closed while idle
+            // fails before any response, and the request is sent again on a new connection.
+            Err(e) if reused && closed_before_response(&e) => {
+                self.idle_closes += 1;
+                self.conn = None;
+                self.try_get(path)
+            }
+            other => other,
+        }
+    }
+
+    fn try_get(&mut self, path: &str) -> std::io::Result<Response> {
         let mut conn = match self.conn.take() {
             Some(c) => c,
             None => {
@@ -464,4 +500,142 @@ impl KeepAliveClient {
         }
         Ok(resp)
     }
+}
+
+fn closed_before_response(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+// ------------------------------------------------------------------------------------------------
+// Load
+
+/// What a bounded load saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: usize,
+    pub failed: usize,
+    pub errors: Vec<String>,
+    /// Responses per backend name.
+    pub by_backend: std::collections::BTreeMap<String, usize>,
+    /// Idle keep-alive connections the server closed (the client reconnected, as clients do).
+    pub idle_closes: usize,
+}
+
+/// A steady load on `addr` from several threads, half keep-alive and half a new connection per
+/// request, until stopped, `per_thread` requests are made, or a minute passes.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<LoadReport>>,
+    pub sent: Arc<AtomicUsize>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, threads: usize, per_thread: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|i| {
+                let (stop, sent) = (stop.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let mut report = LoadReport::default();
+                    let mut keep_alive = KeepAliveClient::new(addr);
+                    for n in 0..per_thread {
+                        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                            break;
+                        }
+                        let path = format!("/load/{i}/{n}");
+                        let result = if i % 2 == 0 {
+                            keep_alive.get(&path)
+                        } else {
+                            try_get(addr, &path)
+                        };
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        match result {
+                            Ok(r) if r.status == 200 => {
+                                report.ok += 1;
+                                *report
+                                    .by_backend
+                                    .entry(r.backend().unwrap_or_default())
+                                    .or_default() += 1;
+                            }
+                            Ok(r) => {
+                                report.failed += 1;
+                                report
+                                    .errors
+                                    .push(format!("{path}: {} {}", r.status, r.text()));
+                            }
+                            Err(e) => {
+                                report.failed += 1;
+                                report.errors.push(format!("{path}: {e}"));
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    report.idle_closes = keep_alive.idle_closes;
+                    report
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            sent,
+        }
+    }
+
+    /// Waits until at least `n` requests were made.
+    pub fn wait_for(&self, n: usize) {
+        assert!(wait_until(Duration::from_secs(30), || self
+            .sent
+            .load(Ordering::SeqCst)
+            >= n));
+    }
+
+    pub fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = LoadReport::default();
+        for t in self.threads {
+            let r = t.join().expect("load thread panicked");
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.errors.extend(r.errors);
+            total.idle_closes += r.idle_closes;
+            for (k, v) in r.by_backend {
+                *total.by_backend.entry(k).or_default() += v;
+            }
+        }
+        total
+    }
+}
+
+/// Runs `lb` with `args`; returns (success, stdout and stderr).
+pub fn lb_command(args: &[&str]) -> (bool, String) {
+    let out = Command::new(lb_binary())
+        .args(args)
+        .output()
+        .expect("lb did not run");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The pid in a pid file, if any.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    lb::instance::process_alive(pid)
 }

@@ -1,0 +1,296 @@
+//! Zero-downtime operations under a steady load: upgrade, reload, stop. Each loses nothing.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A request that takes `ms` at the backend, made on its own thread.
+fn slow_request(addr: SocketAddr, ms: u64) -> std::thread::JoinHandle<std::io::Result<Response>> {
+    std::thread::spawn(move || try_get(addr, &format!("/slow?sleep_ms={ms}")))
+}
+
+fn assert_no_loss(report: &LoadReport, lb: &Lb) {
+    assert_eq!(report.failed, 0, "{:?}\n{}", report.errors, lb.log());
+    assert!(
+        report.ok > 500,
+        "too little load to prove anything: {report:?}"
+    );
+    eprintln!(
+        "{} requests, 0 failed, {} idle keep-alive connections closed by the server",
+        report.ok, report.idle_closes
+    );
+}
+
+#[test]
+fn upgrade_under_load_loses_nothing() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
+    let old = lb.child.id() as i32;
+    let load = Load::start(lb.addr, 6, 5000);
+    load.wait_for(200);
+    let slow = slow_request(lb.addr, 2000);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let (ok, out) = lb_command(&["upgrade", "-c", lb.conf()]);
+    assert!(ok, "{out}\n{}", lb.log());
+    assert!(out.contains("upgraded"), "{out}");
+    let new = read_pid(&lb.pid_file()).unwrap();
+    assert_ne!(new, old);
+
+    // The old process finishes what it has and exits; the new one serves meanwhile.
+    assert!(
+        wait_until(Duration::from_secs(20), || !pid_alive(old)),
+        "{}",
+        lb.log()
+    );
+    let before = load.sent.load(std::sync::atomic::Ordering::SeqCst);
+    load.wait_for(before + 200);
+    let report = load.finish();
+    assert_no_loss(&report, &lb);
+    let slow = slow.join().unwrap().expect("slow request failed");
+    assert_eq!(slow.status, 200);
+    assert!(pid_alive(new));
+    assert_eq!(lb.get("/after").status, 200);
+}
+
+#[test]
+fn pingora_way_new_process_then_sigquit_loses_nothing() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
+    let old = lb.child.id() as i32;
+    let load = Load::start(lb.addr, 6, 5000);
+    load.wait_for(200);
+
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&lb.log_path)
+        .unwrap();
+    let mut new = Command::new(lb_binary())
+        .args(["-u", "-c", lb.conf()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lb::instance::signal(old, libc::SIGQUIT).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || read_pid(&lb.pid_file())
+            == Some(new.id() as i32)),
+        "{}",
+        lb.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || !pid_alive(old)),
+        "{}",
+        lb.log()
+    );
+    let before = load.sent.load(std::sync::atomic::Ordering::SeqCst);
+    load.wait_for(before + 200);
+    let report = load.finish();
+    assert_no_loss(&report, &lb);
+    let _ = new.kill();
+    let _ = new.wait();
+}
+
+#[test]
+fn reload_shifts_traffic_in_place_and_loses_nothing() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let mut lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
+    let pid = lb.child.id();
+
+    // Opened before the reload: a slow request to the backend being removed, and a kept-alive
+    // connection.
+    let mut kept = KeepAliveClient::new(lb.addr);
+    assert_eq!(kept.get("/before").unwrap().status, 200);
+    let slow: Vec<_> = (0..2).map(|_| slow_request(lb.addr, 1500)).collect();
+    let load = Load::start(lb.addr, 4, 5000);
+    load.wait_for(200);
+
+    // b leaves, c joins, a gets three times c's share.
+    let config = config_yaml(
+        &lb.dir.0,
+        lb.addr,
+        &[
+            format!("{{ addr: \"{}\", weight: 3 }}", a.addr),
+            c.addr.to_string(),
+        ],
+        FAST_CHECKS,
+    );
+    std::fs::write(&lb.conf_path, config).unwrap();
+    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
+    assert!(ok, "{out}\n{}", lb.log());
+    assert!(out.contains(&format!("added {}", c.addr)), "{out}");
+    assert!(out.contains(&format!("removed {}", b.addr)), "{out}");
+    assert!(out.contains(&format!("{} 1→3", a.addr)), "{out}");
+
+    let before = load.sent.load(std::sync::atomic::Ordering::SeqCst);
+    load.wait_for(before + 400);
+    let report = load.finish();
+    assert_no_loss(&report, &lb);
+    for s in slow {
+        assert_eq!(
+            s.join()
+                .unwrap()
+                .expect("slow request cut by the reload")
+                .status,
+            200
+        );
+    }
+    assert_eq!(kept.get("/after").unwrap().status, 200);
+    assert_eq!(
+        kept.idle_closes, 0,
+        "the kept-alive connection survived the reload"
+    );
+
+    let b_before = b.requests();
+    let names: Vec<String> = (0..40).map(|_| lb.get("/").backend().unwrap()).collect();
+    assert_eq!(names.iter().filter(|n| *n == "a").count(), 30, "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "c").count(), 10, "{names:?}");
+    assert_eq!(b.requests(), b_before, "b is out of the rotation");
+    assert!(lb.is_running());
+    assert_eq!(lb.child.id(), pid, "same process");
+}
+
+#[test]
+fn reload_keeps_health_state_of_upstreams_that_stay() {
+    let (a, mut b) = (Backend::start("a"), Backend::start("b"));
+    let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
+    b.kill();
+    assert!(wait_until(Duration::from_secs(10), || lb
+        .log()
+        .contains(&format!("upstream {} is DOWN", b.addr))));
+    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
+    assert!(ok, "{out}");
+    // No retries needed: b is still known down, not back to "up until checked".
+    for _ in 0..20 {
+        assert_eq!(lb.get("/").backend().as_deref(), Some("a"));
+    }
+    let up_lines = lb
+        .log()
+        .matches(&format!("upstream {} is UP", b.addr))
+        .count();
+    assert_eq!(up_lines, 1, "only the first check found b up: {}", lb.log());
+}
+
+#[test]
+fn bad_reloads_and_upgrades_change_nothing() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
+    let good = std::fs::read_to_string(&lb.conf_path).unwrap();
+
+    // A broken file: both commands refuse before touching the instance.
+    std::fs::write(&lb.conf_path, good.replace("upstreams:", "upstreamz:")).unwrap();
+    for command in ["reload", "upgrade"] {
+        let (ok, out) = lb_command(&[command, "-c", lb.conf()]);
+        assert!(!ok, "{command} accepted a broken config: {out}");
+        assert!(out.contains("upstreamz"), "{out}");
+    }
+
+    // A listener change cannot be reloaded in place.
+    let moved = format!("127.0.0.1:{}", free_port());
+    std::fs::write(&lb.conf_path, good.replace(&lb.addr.to_string(), &moved)).unwrap();
+    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
+    assert!(!ok);
+    assert!(
+        out.contains("lb.listen changed: that needs `lb upgrade`"),
+        "{out}"
+    );
+
+    // An upgrade whose new listener is taken by someone else.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let clash = good.replace(
+        &format!("listen: [\"{}\"]", lb.addr),
+        &format!(
+            "listen: [\"{}\", \"{}\"]",
+            lb.addr,
+            taken.local_addr().unwrap()
+        ),
+    );
+    std::fs::write(&lb.conf_path, clash).unwrap();
+    let (ok, out) = lb_command(&["upgrade", "-c", lb.conf()]);
+    assert!(!ok);
+    assert!(
+        out.contains("cannot listen on") && out.contains("keeps serving"),
+        "{out}"
+    );
+
+    // An upgrade to a binary that cannot start.
+    std::fs::write(&lb.conf_path, &good).unwrap();
+    let (ok, out) = lb_command(&["upgrade", "--binary", "/nonexistent/lb", "-c", lb.conf()]);
+    assert!(!ok);
+    assert!(
+        out.contains("cannot start the new process /nonexistent/lb"),
+        "{out}"
+    );
+
+    // An upgrade to a binary that starts and dies at once.
+    let (ok, out) = lb_command(&["upgrade", "--binary", "/bin/false", "-c", lb.conf()]);
+    assert!(!ok);
+    assert!(
+        out.contains("failed before taking over") && out.contains("keeps serving"),
+        "{out}"
+    );
+
+    // Still the same process, still serving both backends with the old config.
+    assert!(lb.is_running());
+    assert_eq!(read_pid(&lb.pid_file()), Some(lb.child.id() as i32));
+    let names: Vec<String> = (0..10).map(|_| lb.get("/").backend().unwrap()).collect();
+    assert_eq!(names.iter().filter(|n| *n == "b").count(), 5, "{names:?}");
+}
+
+#[test]
+fn stop_lets_requests_in_flight_finish() {
+    let a = Backend::start("a");
+    let mut lb = Lb::start(&[a.addr.to_string()], FAST_CHECKS);
+    let slow = slow_request(lb.addr, 2000);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out) = lb_command(&["stop", "-c", lb.conf()]);
+    assert!(ok, "{out}\n{}", lb.log());
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(
+        slow.join()
+            .unwrap()
+            .expect("slow request cut by stop")
+            .status,
+        200
+    );
+    let status = lb.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(!lb.pid_file().exists(), "pid file removed on exit");
+    assert!(try_get(lb.addr, "/").is_err(), "no longer accepting");
+
+    // Nothing to stop now: a clear message.
+    let (ok, out) = lb_command(&["stop", "-c", lb.conf()]);
+    assert!(!ok);
+    assert!(out.contains("no pid file"), "{out}");
+}
+
+#[test]
+fn stale_pid_file_is_reported_not_trusted() {
+    let dir = TempDir::new();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let conf = dir.0.join("lb.yaml");
+    std::fs::write(
+        &conf,
+        config_yaml(&dir.0, listen, &["127.0.0.1:1".to_string()], ""),
+    )
+    .unwrap();
+    // A pid that cannot be running (above the kernel's pid_max).
+    std::fs::write(dir.0.join("lb.pid"), "99999999\n").unwrap();
+    for command in ["reload", "stop", "upgrade"] {
+        let (ok, out) = lb_command(&[command, "-c", conf.to_str().unwrap()]);
+        assert!(!ok);
+        assert!(out.contains("stale pid file"), "{command}: {out}");
+    }
+    // Starting over a stale pid file works (and replaces it).
+    let lb = Lb::start_in(dir, listen, &std::fs::read_to_string(&conf).unwrap());
+    assert_eq!(read_pid(&lb.pid_file()), Some(lb.child.id() as i32));
+}
