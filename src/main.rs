@@ -7,6 +7,11 @@ use lb::config::Config;
 use lb::control::{self, NO_DAEMON_ENV};
 use lb::instance::{InstanceError, InstanceFiles};
 
+/// mimalloc: per-thread free lists suit pingora's many short-lived per-request allocations
+/// (measured in bench/: see README).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Until the reload service takes SIGHUP over, a reload request must not kill the process.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
