@@ -210,19 +210,16 @@ fn changed_keys(before: &serde_yaml::Value, after: &serde_yaml::Value) -> String
 /// A one-line account of what a reload changed.
 fn describe_changes(before: &LbConfig, after: &LbConfig) -> String {
     let find = |list: &[Upstream], addr: SocketAddr| list.iter().find(|u| u.addr == addr).cloned();
+    // The upstreams of `list` that `other` lacks.
+    let missing = |list: &[Upstream], other: &[Upstream]| -> Vec<String> {
+        list.iter()
+            .filter(|u| find(other, u.addr).is_none())
+            .map(|u| u.addr.to_string())
+            .collect()
+    };
     let mut parts = Vec::new();
-    let added: Vec<String> = after
-        .upstreams
-        .iter()
-        .filter(|u| find(&before.upstreams, u.addr).is_none())
-        .map(|u| u.addr.to_string())
-        .collect();
-    let removed: Vec<String> = before
-        .upstreams
-        .iter()
-        .filter(|u| find(&after.upstreams, u.addr).is_none())
-        .map(|u| u.addr.to_string())
-        .collect();
+    let added = missing(&after.upstreams, &before.upstreams);
+    let removed = missing(&before.upstreams, &after.upstreams);
     let reweighted: Vec<String> = after
         .upstreams
         .iter()

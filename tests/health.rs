@@ -61,27 +61,16 @@ fn backend_killed_under_traffic_costs_no_request_and_comes_back() {
     assert_eq!(failures.load(Ordering::SeqCst), 0, "{}", lb.log());
     assert!(b.requests() > 0, "b served before it was killed");
 
-    assert!(
-        wait_until(Duration::from_secs(10), || lb.log().contains(&format!(
-            "upstream {} is DOWN after 2 failed checks",
-            b.addr
-        ))),
-        "{}",
-        lb.log()
-    );
+    lb.expect_log(&format!(
+        "upstream {} is DOWN after 2 failed checks",
+        b.addr
+    ));
     let after = backend_names(&lb, 30);
     assert!(after.iter().all(|n| n == "a" || n == "c"), "{after:?}");
     assert_eq!(after.iter().filter(|n| *n == "a").count(), 15, "{after:?}");
 
     b.restart();
-    assert!(
-        wait_until(Duration::from_secs(10), || lb.log().contains(&format!(
-            "upstream {} is UP after 2 passed checks",
-            b.addr
-        ))),
-        "{}",
-        lb.log()
-    );
+    lb.expect_log(&format!("upstream {} is UP after 2 passed checks", b.addr));
     let back = backend_names(&lb, 30);
     assert_eq!(back.iter().filter(|n| *n == "b").count(), 10, "{back:?}");
 }
@@ -122,20 +111,14 @@ fn http_check_removes_backend_answering_503_on_its_health_path() {
     );
 
     b.set_health(503);
-    assert!(
-        wait_until(Duration::from_secs(10), || lb.log().contains(&format!(
-            "upstream {} is DOWN after 2 failed checks: health check answered HTTP 503",
-            b.addr
-        ))),
-        "{}",
-        lb.log()
-    );
+    lb.expect_log(&format!(
+        "upstream {} is DOWN after 2 failed checks: health check answered HTTP 503",
+        b.addr
+    ));
     assert!(backend_names(&lb, 20).iter().all(|n| n == "a"));
 
     b.set_health(200);
-    assert!(wait_until(Duration::from_secs(10), || lb.log().contains(
-        &format!("upstream {} is UP after 2 passed checks", b.addr)
-    )));
+    lb.expect_log(&format!("upstream {} is UP after 2 passed checks", b.addr));
     assert_eq!(
         backend_names(&lb, 20).iter().filter(|n| *n == "b").count(),
         10

@@ -25,6 +25,18 @@ fn assert_no_loss(report: &LoadReport, lb: &Lb) {
     );
 }
 
+/// Waits for the old process to exit, lets the load run on against the new one, and checks
+/// that nothing was lost.
+fn finish_after_old_exits(load: Load, lb: &Lb, old: i32) {
+    assert!(
+        wait_until(Duration::from_secs(20), || !pid_alive(old)),
+        "{}",
+        lb.log()
+    );
+    load.wait_for_more(200);
+    assert_no_loss(&load.finish(), lb);
+}
+
 #[test]
 fn upgrade_under_load_loses_nothing() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
@@ -42,15 +54,7 @@ fn upgrade_under_load_loses_nothing() {
     assert_ne!(new, old);
 
     // The old process finishes what it has and exits; the new one serves meanwhile.
-    assert!(
-        wait_until(Duration::from_secs(20), || !pid_alive(old)),
-        "{}",
-        lb.log()
-    );
-    let before = load.sent.load(std::sync::atomic::Ordering::SeqCst);
-    load.wait_for(before + 200);
-    let report = load.finish();
-    assert_no_loss(&report, &lb);
+    finish_after_old_exits(load, &lb, old);
     let slow = slow.join().unwrap().expect("slow request failed");
     assert_eq!(slow.status, 200);
     assert!(pid_alive(new));
@@ -83,15 +87,7 @@ fn pingora_way_new_process_then_sigquit_loses_nothing() {
         "{}",
         lb.log()
     );
-    assert!(
-        wait_until(Duration::from_secs(20), || !pid_alive(old)),
-        "{}",
-        lb.log()
-    );
-    let before = load.sent.load(std::sync::atomic::Ordering::SeqCst);
-    load.wait_for(before + 200);
-    let report = load.finish();
-    assert_no_loss(&report, &lb);
+    finish_after_old_exits(load, &lb, old);
     let _ = new.kill();
     let _ = new.wait();
 }
@@ -131,8 +127,7 @@ fn reload_shifts_traffic_in_place_and_loses_nothing() {
     assert!(out.contains(&format!("removed {}", b.addr)), "{out}");
     assert!(out.contains(&format!("{} 1→3", a.addr)), "{out}");
 
-    let before = load.sent.load(std::sync::atomic::Ordering::SeqCst);
-    load.wait_for(before + 400);
+    load.wait_for_more(400);
     let report = load.finish();
     assert_no_loss(&report, &lb);
     for s in slow {
@@ -164,9 +159,7 @@ fn reload_keeps_health_state_of_upstreams_that_stay() {
     let (a, mut b) = (Backend::start("a"), Backend::start("b"));
     let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
     b.kill();
-    assert!(wait_until(Duration::from_secs(10), || lb
-        .log()
-        .contains(&format!("upstream {} is DOWN", b.addr))));
+    lb.expect_log(&format!("upstream {} is DOWN", b.addr));
     let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
     assert!(ok, "{out}");
     // No retries needed: b is still known down, not back to "up until checked".

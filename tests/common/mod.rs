@@ -292,6 +292,15 @@ impl Lb {
         lb
     }
 
+    /// Waits up to 10 s for `needle` to appear in the log; fails the test with the log if not.
+    pub fn expect_log(&self, needle: &str) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.log().contains(needle)),
+            "no {needle:?} in the log:\n{}",
+            self.log()
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -596,6 +605,11 @@ impl Load {
             .sent
             .load(Ordering::SeqCst)
             >= n));
+    }
+
+    /// Waits until `n` more requests than now were made.
+    pub fn wait_for_more(&self, n: usize) {
+        self.wait_for(self.sent.load(Ordering::SeqCst) + n);
     }
 
     pub fn finish(self) -> LoadReport {
