@@ -16,7 +16,14 @@ use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use crate::config::{Selection, Upstream};
 
 /// The upstreams and the algorithm that picks among them.
-pub enum Balancer {
+pub struct Balancer {
+    algorithm: Algorithm,
+    /// How many picks the algorithm may make before the full scan takes over: twice around
+    /// the set (fixed with the set, so computed once).
+    walk: usize,
+}
+
+enum Algorithm {
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
 }
@@ -30,44 +37,45 @@ impl Balancer {
     ) -> Self {
         let set: BTreeSet<Backend> = upstreams.iter().map(backend_for).collect();
         let backends = Backends::new(discovery::Static::new(set));
-        let mut balancer = match selection {
-            Selection::RoundRobin => Balancer::RoundRobin(LoadBalancer::from_backends(backends)),
-            Selection::Random => Balancer::Random(LoadBalancer::from_backends(backends)),
+        let mut algorithm = match selection {
+            Selection::RoundRobin => Algorithm::RoundRobin(LoadBalancer::from_backends(backends)),
+            Selection::Random => Algorithm::Random(LoadBalancer::from_backends(backends)),
         };
         if let Some(check) = check {
-            match &mut balancer {
-                Balancer::RoundRobin(lb) => lb.set_health_check(check),
-                Balancer::Random(lb) => lb.set_health_check(check),
+            match &mut algorithm {
+                Algorithm::RoundRobin(lb) => lb.set_health_check(check),
+                Algorithm::Random(lb) => lb.set_health_check(check),
             }
         }
         // Static discovery answers at once; this builds the selector from the upstream list.
-        let updated = match &balancer {
-            Balancer::RoundRobin(lb) => lb.update().now_or_never(),
-            Balancer::Random(lb) => lb.update().now_or_never(),
+        let updated = match &algorithm {
+            Algorithm::RoundRobin(lb) => lb.update().now_or_never(),
+            Algorithm::Random(lb) => lb.update().now_or_never(),
         };
         if !matches!(updated, Some(Ok(()))) {
             log::error!("building the upstream selector did not complete");
         }
-        balancer
+        Balancer {
+            algorithm,
+            walk: 2 * upstreams.len() + 1,
+        }
     }
 
     /// The upstream set with its health state.
     pub fn backends(&self) -> &Backends {
-        match self {
-            Balancer::RoundRobin(lb) => lb.backends(),
-            Balancer::Random(lb) => lb.backends(),
+        match &self.algorithm {
+            Algorithm::RoundRobin(lb) => lb.backends(),
+            Algorithm::Random(lb) => lb.backends(),
         }
     }
 
     /// The next healthy upstream that is not in `exclude`, or `None` if there is none.
     pub fn select(&self, exclude: &[SocketAddr]) -> Option<Backend> {
         let accept = |b: &Backend, healthy: bool| healthy && !is_excluded(b, exclude);
-        // The algorithm walks at most twice around the set; a random walk can miss the one
-        // healthy upstream left, so a full scan backs it up.
-        let walk = 2 * self.backends().get_backend().len() + 1;
-        let picked = match self {
-            Balancer::RoundRobin(lb) => lb.select_with(b"", walk, accept),
-            Balancer::Random(lb) => lb.select_with(b"", walk, accept),
+        // A random walk can miss the one healthy upstream left, so a full scan backs it up.
+        let picked = match &self.algorithm {
+            Algorithm::RoundRobin(lb) => lb.select_with(b"", self.walk, accept),
+            Algorithm::Random(lb) => lb.select_with(b"", self.walk, accept),
         };
         picked.or_else(|| {
             let backends = self.backends();
