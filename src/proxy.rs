@@ -109,13 +109,8 @@ impl ProxyHttp for LbProxy {
         request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let upgrade = session.is_upgrade_req();
-        for name in hop_by_hop(&request.headers, upgrade) {
-            request.remove_header(&name);
-        }
-        if upgrade {
-            request.insert_header(header::CONNECTION, "upgrade")?;
-        }
+        // pingora has already removed the hop-by-hop headers (including those named in
+        // `Connection`) and kept only a WebSocket upgrade; we add the forwarding headers.
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = client.ip().to_string();
             let forwarded_for = match request.headers.get("x-forwarded-for").map(|v| v.to_str()) {

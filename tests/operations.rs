@@ -155,6 +155,51 @@ fn reload_shifts_traffic_in_place_and_loses_nothing() {
 }
 
 #[test]
+fn websocket_stays_open_across_a_reload() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let echo = WebSocketEchoBackend::start();
+    let other = Backend::start("other");
+    let lb = Lb::start(&[echo.addr.to_string()], FAST_CHECKS);
+
+    let stream = std::net::TcpStream::connect(lb.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    writer
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut echo_round = |message: &[u8]| {
+        writer.write_all(message).unwrap();
+        let mut back = vec![0u8; message.len()];
+        reader.read_exact(&mut back).unwrap();
+        assert_eq!(back, message);
+    };
+    echo_round(b"before the reload");
+
+    // The echo backend leaves the configuration; its open connection is not cut.
+    let config = config_yaml(&lb.dir.0, lb.addr, &[other.addr.to_string()], FAST_CHECKS);
+    std::fs::write(&lb.conf_path, config).unwrap();
+    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
+    assert!(ok, "{out}");
+    assert_eq!(lb.get("/").backend().as_deref(), Some("other"));
+    echo_round(b"after the reload");
+}
+
+#[test]
 fn reload_keeps_health_state_of_upstreams_that_stay() {
     let (a, mut b) = (Backend::start("a"), Backend::start("b"));
     let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);

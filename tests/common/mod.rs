@@ -185,6 +185,67 @@ impl Backend {
     }
 }
 
+/// A backend that accepts a WebSocket handshake (`Upgrade: websocket`), answers `101 Switching
+/// Protocols`, then echoes every byte back: the part of a WebSocket a proxy sees.
+pub struct WebSocketEchoBackend {
+    pub addr: SocketAddr,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl WebSocketEchoBackend {
+    pub fn start() -> Self {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let _ = Self::serve(stream);
+                });
+            }
+        });
+        WebSocketEchoBackend {
+            addr,
+            _thread: thread,
+        }
+    }
+
+    fn serve(stream: TcpStream) -> std::io::Result<()> {
+        use std::io::Read;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut upgrade = false;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line.to_ascii_lowercase().starts_with("upgrade: websocket") {
+                upgrade = true;
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut writer = stream;
+        if !upgrade {
+            writer.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )?;
+            return Ok(());
+        }
+        writer.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            writer.write_all(&buf[..n])?;
+        }
+    }
+}
+
 fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     loop {
