@@ -135,8 +135,13 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
     println!("Try:  curl {url}   (run it twice: the backends answer in turn)");
     println!("Press Ctrl-C to stop.");
 
+    // Files of its own, so that the demo never touches a real instance's pid file.
+    let mut server = crate::config::default_server_conf();
+    let tmp = std::env::temp_dir();
+    server.pid_file = tmp.join("lb-demo.pid").display().to_string();
+    server.upgrade_sock = tmp.join("lb-demo_upgrade.sock").display().to_string();
     let config = Config {
-        server: crate::config::default_server_conf(),
+        server,
         lb: LbConfig {
             listen: vec![listen],
             upstreams,
