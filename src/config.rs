@@ -226,6 +226,12 @@ pub enum Selection {
     RoundRobin,
     /// A random healthy upstream, in proportion to its weight.
     Random,
+    /// The upstream with the fewest requests in flight relative to its weight.
+    LeastConn,
+    /// Power of two random choices on peak-EWMA latency times load (Finagle, Linkerd).
+    P2cEwma,
+    /// A Ketama ring on `hash_key`: a key sticks to its upstream while that one is usable.
+    ConsistentHash,
 }
 
 impl fmt::Display for Selection {
@@ -233,6 +239,9 @@ impl fmt::Display for Selection {
         f.write_str(match self {
             Selection::RoundRobin => "round_robin",
             Selection::Random => "random",
+            Selection::LeastConn => "least_conn",
+            Selection::P2cEwma => "p2c_ewma",
+            Selection::ConsistentHash => "consistent_hash",
         })
     }
 }
@@ -244,8 +253,177 @@ pub struct Upstream {
     pub name: String,
     /// The resolved socket address connected to.
     pub addr: SocketAddr,
-    /// Relative share of requests; at least 1.
+    /// Relative share of requests, 1 to [`MAX_WEIGHT`].
     pub weight: usize,
+    /// Requests in flight above which the upstream is skipped; `None` for no limit.
+    pub max_conns: Option<usize>,
+    /// Used only while no primary (non-backup) upstream is usable.
+    pub backup: bool,
+}
+
+/// The largest weight (as in HAProxy): keeps the round-robin schedule small.
+pub const MAX_WEIGHT: usize = 256;
+
+/// What a request is hashed on for `consistent_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// The client's IP address.
+    #[default]
+    ClientIp,
+    /// The path and query of the request.
+    Uri,
+    /// The value of a request header (requests without it hash on the client IP).
+    Header(http::HeaderName),
+    /// The value of a cookie (requests without it hash on the client IP).
+    Cookie(String),
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Uri => f.write_str("uri"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
+}
+
+/// An outcome of one attempt on an upstream that can count as a failure (for passive health)
+/// or trigger a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The TCP connection could not be made (refused, unreachable, connect timeout).
+    ConnectFailure,
+    /// The upstream did not answer in time once connected.
+    Timeout,
+    /// The connection broke before a response header arrived.
+    Reset,
+    /// The upstream answered with a status in this range.
+    Status(StatusRange),
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureKind::ConnectFailure => f.write_str("connect_failure"),
+            FailureKind::Timeout => f.write_str("timeout"),
+            FailureKind::Reset => f.write_str("reset"),
+            FailureKind::Status(r) if r.low == r.high => write!(f, "status_{}", r.low),
+            FailureKind::Status(r) => write!(f, "status_{}xx", r.low / 100),
+        }
+    }
+}
+
+/// A set of [`FailureKind`]s, as written in `on: [...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureSet(pub Vec<FailureKind>);
+
+impl FailureSet {
+    pub fn connect_failure(&self) -> bool {
+        self.0.contains(&FailureKind::ConnectFailure)
+    }
+    pub fn timeout(&self) -> bool {
+        self.0.contains(&FailureKind::Timeout)
+    }
+    pub fn reset(&self) -> bool {
+        self.0.contains(&FailureKind::Reset)
+    }
+    pub fn status(&self, status: u16) -> bool {
+        self.0
+            .iter()
+            .any(|k| matches!(k, FailureKind::Status(r) if r.contains(status)))
+    }
+}
+
+impl fmt::Display for FailureSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "[{}]", names.join(", "))
+    }
+}
+
+/// Retrying a failed attempt on another upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// How many other upstreams one request may be moved to.
+    pub attempts: usize,
+    /// Which failures are retried (a request is only ever retried when repeating it is safe).
+    pub on: FailureSet,
+    /// Retries never exceed this share of the requests of the last 10 seconds...
+    pub budget_percent: u32,
+    /// ...except that this many retries per second are always allowed, so that a quiet
+    /// balancer still retries.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            on: FailureSet(vec![
+                FailureKind::ConnectFailure,
+                FailureKind::Reset,
+                FailureKind::Timeout,
+                FailureKind::Status(StatusRange::single(502)),
+                FailureKind::Status(StatusRange::single(503)),
+            ]),
+            budget_percent: 20,
+            budget_min_per_second: 3,
+        }
+    }
+}
+
+/// Outlier ejection from live traffic, between active checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Consecutive failed attempts that eject an upstream; 0 turns passive health off.
+    pub consecutive_failures: u32,
+    /// Which outcomes count as failures.
+    pub on: FailureSet,
+    /// How long the first ejection lasts; each repeated one doubles it, up to `max_eject_for`.
+    pub eject_for: Duration,
+    pub max_eject_for: Duration,
+    /// Never eject more than this share of the pool, so a pool-wide problem cannot empty it.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            consecutive_failures: 5,
+            on: FailureSet(vec![
+                FailureKind::ConnectFailure,
+                FailureKind::Timeout,
+                FailureKind::Reset,
+                FailureKind::Status(StatusRange {
+                    low: 500,
+                    high: 599,
+                }),
+            ]),
+            eject_for: Duration::from_secs(30),
+            max_eject_for: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// The wait for a free upstream when every usable one is at its `max_conns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Requests that may wait at once; beyond it they get a 503 at once.
+    pub size: usize,
+    /// How long a request may wait before it gets a 503.
+    pub timeout: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            size: 1000,
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Timeouts towards upstreams.
@@ -293,6 +471,13 @@ pub struct StatusRange {
 }
 
 impl StatusRange {
+    pub const fn single(code: u16) -> Self {
+        StatusRange {
+            low: code,
+            high: code,
+        }
+    }
+
     pub fn contains(&self, status: u16) -> bool {
         (self.low..=self.high).contains(&status)
     }
@@ -352,15 +537,33 @@ pub struct LbConfig {
     pub listen: Vec<SocketAddr>,
     pub upstreams: Vec<Upstream>,
     pub selection: Selection,
-    /// How many other upstreams a request may be moved to after a connect failure.
-    pub retries: usize,
+    /// `consistent_hash` only: what is hashed.
+    pub hash_key: HashKey,
+    pub retries: RetryPolicy,
     pub timeouts: Timeouts,
     pub health_check: HealthCheckConfig,
+    pub passive_health: PassiveHealth,
+    /// How long a newly healthy upstream takes to ramp up to its full weight; zero for at once.
+    pub slow_start: Duration,
+    pub queue: QueueConfig,
 }
 
 impl LbConfig {
-    /// Default `retries`.
-    pub const DEFAULT_RETRIES: usize = 2;
+    /// A configuration with every default, for `listen` and `upstreams`.
+    pub fn with_defaults(listen: Vec<SocketAddr>, upstreams: Vec<Upstream>) -> Self {
+        LbConfig {
+            listen,
+            upstreams,
+            selection: Selection::default(),
+            hash_key: HashKey::default(),
+            retries: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
+            health_check: HealthCheckConfig::default(),
+            passive_health: PassiveHealth::default(),
+            slow_start: Duration::ZERO,
+            queue: QueueConfig::default(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,11 +577,145 @@ struct RawLb {
     upstreams: Option<Vec<RawUpstream>>,
     #[serde(default)]
     selection: Selection,
-    retries: Option<usize>,
+    hash_key: Option<String>,
+    retries: Option<RawRetries>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
     health_check: RawHealthCheck,
+    #[serde(default)]
+    passive_health: RawPassiveHealth,
+    slow_start: Option<DurationValue>,
+    #[serde(default)]
+    queue: RawQueue,
+}
+
+/// `retries: 2` or the block form.
+enum RawRetries {
+    Attempts(usize),
+    Block(RawRetryBlock),
+}
+
+impl<'de> Deserialize<'de> for RawRetries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A visitor rather than `untagged`, so that a mistake inside the block is reported
+        // as itself and not as "did not match any variant".
+        struct RetriesVisitor;
+        impl<'de> Visitor<'de> for RetriesVisitor {
+            type Value = RawRetries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of attempts or { attempts, on, budget_percent }")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawRetries, E> {
+                usize::try_from(v)
+                    .map(RawRetries::Attempts)
+                    .map_err(|_| E::custom("too many attempts"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRetries, A::Error> {
+                RawRetryBlock::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawRetries::Block)
+            }
+        }
+        deserializer.deserialize_any(RetriesVisitor)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetryBlock {
+    attempts: Option<usize>,
+    on: Option<Vec<FailureValue>>,
+    budget_percent: Option<u32>,
+    budget_min_per_second: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPassiveHealth {
+    consecutive_failures: Option<u32>,
+    on: Option<Vec<FailureValue>>,
+    eject_for: Option<DurationValue>,
+    max_eject_for: Option<DurationValue>,
+    max_ejected_percent: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    size: Option<usize>,
+    timeout: Option<DurationValue>,
+}
+
+/// A failure kind as written: `connect_failure`, `timeout`, `reset`, `status_503`, `status_5xx`.
+struct FailureValue(FailureKind);
+
+impl<'de> Deserialize<'de> for FailureValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FailureVisitor;
+        impl Visitor<'_> for FailureVisitor {
+            type Value = FailureValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("connect_failure, timeout, reset, status_NNN or status_Nxx")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FailureValue, E> {
+                parse_failure(v).map(FailureValue).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(FailureVisitor)
+    }
+}
+
+fn parse_failure(text: &str) -> Result<FailureKind, String> {
+    let bad = || {
+        format!(
+            "unknown failure `{text}`: expected connect_failure, timeout, reset, \
+             status_NNN (e.g. status_503) or status_Nxx (e.g. status_5xx)"
+        )
+    };
+    match text {
+        "connect_failure" => return Ok(FailureKind::ConnectFailure),
+        "timeout" => return Ok(FailureKind::Timeout),
+        "reset" => return Ok(FailureKind::Reset),
+        _ => {}
+    }
+    let code = text.strip_prefix("status_").ok_or_else(bad)?;
+    if let Some(class) = code.strip_suffix("xx") {
+        let class: u16 = class.parse().map_err(|_| bad())?;
+        if !(1..=5).contains(&class) {
+            return Err(bad());
+        }
+        return Ok(FailureKind::Status(StatusRange {
+            low: class * 100,
+            high: class * 100 + 99,
+        }));
+    }
+    let code: u64 = code.parse().map_err(|_| bad())?;
+    Ok(FailureKind::Status(StatusRange::single(status_code(code)?)))
+}
+
+fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    match text.trim() {
+        "client_ip" => Ok(HashKey::ClientIp),
+        "uri" => Ok(HashKey::Uri),
+        other => {
+            if let Some(name) = other.strip_prefix("header:") {
+                http::HeaderName::from_bytes(name.trim().as_bytes())
+                    .map(HashKey::Header)
+                    .map_err(|_| format!("`{name}` is not a valid header name"))
+            } else if let Some(name) = other.strip_prefix("cookie:") {
+                let name = name.trim();
+                if name.is_empty() || name.contains([';', '=', ' ']) {
+                    Err(format!("`{name}` is not a valid cookie name"))
+                } else {
+                    Ok(HashKey::Cookie(name.to_string()))
+                }
+            } else {
+                Err(format!(
+                    "unknown hash key `{other}`: expected client_ip, uri, header:NAME or cookie:NAME"
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -404,10 +741,13 @@ struct RawHealthCheck {
     expect_status: Option<Vec<StatusValue>>,
 }
 
-/// An upstream written either as `"host:port"` or as `{ addr: "host:port", weight: N }`.
+/// An upstream written either as `"host:port"` or as `{ addr: "host:port", weight: N, ... }`.
+#[derive(Default)]
 struct RawUpstream {
     addr: String,
     weight: Option<usize>,
+    max_conns: Option<usize>,
+    backup: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +755,8 @@ struct RawUpstream {
 struct RawUpstreamLong {
     addr: String,
     weight: Option<usize>,
+    max_conns: Option<usize>,
+    backup: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for RawUpstream {
@@ -428,7 +770,7 @@ impl<'de> Deserialize<'de> for RawUpstream {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUpstream, E> {
                 Ok(RawUpstream {
                     addr: v.to_owned(),
-                    weight: None,
+                    ..RawUpstream::default()
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUpstream, A::Error> {
@@ -437,6 +779,8 @@ impl<'de> Deserialize<'de> for RawUpstream {
                 Ok(RawUpstream {
                     addr: long.addr,
                     weight: long.weight,
+                    max_conns: long.max_conns,
+                    backup: long.backup,
                 })
             }
         }
@@ -636,6 +980,18 @@ impl RawLb {
                     "must be at least 1 (remove the upstream to send it nothing)",
                 ));
             }
+            if weight > MAX_WEIGHT {
+                return Err(ConfigError::invalid(
+                    format!("lb.upstreams[{i}].weight"),
+                    format!("{weight} is above the maximum of {MAX_WEIGHT}"),
+                ));
+            }
+            if raw.max_conns == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("lb.upstreams[{i}].max_conns"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
             if let Some(other) = upstreams.iter().find(|u| u.addr == addr) {
                 return Err(ConfigError::invalid(
                     format!("lb.upstreams[{i}]"),
@@ -646,19 +1002,32 @@ impl RawLb {
                 name: raw.addr.trim().to_owned(),
                 addr,
                 weight,
+                max_conns: raw.max_conns,
+                backup: raw.backup.unwrap_or(false),
             });
         }
-
-        let retries = self.retries.unwrap_or(LbConfig::DEFAULT_RETRIES);
-        if retries >= server.max_retries {
+        if upstreams.iter().all(|u| u.backup) {
             return Err(ConfigError::invalid(
-                "lb.retries",
-                format!(
-                    "{retries} must be below the server's max_retries ({})",
-                    server.max_retries
-                ),
+                "lb.upstreams",
+                "every upstream is a backup: at least one must be a primary",
             ));
         }
+
+        let retries = validate_retries(self.retries, server)?;
+        let passive_health = validate_passive(self.passive_health)?;
+        let hash_key = match self.hash_key {
+            Some(text) => parse_hash_key(&text)
+                .map_err(|reason| ConfigError::invalid("lb.hash_key", reason))?,
+            None => HashKey::default(),
+        };
+        let queue_defaults = QueueConfig::default();
+        let queue = QueueConfig {
+            size: self.queue.size.unwrap_or(queue_defaults.size),
+            timeout: non_zero(
+                "lb.queue.timeout",
+                self.queue.timeout.map_or(queue_defaults.timeout, |d| d.0),
+            )?,
+        };
 
         let defaults = Timeouts::default();
         let t = self.timeouts;
@@ -733,11 +1102,97 @@ impl RawLb {
             listen,
             upstreams,
             selection: self.selection,
+            hash_key,
             retries,
             timeouts,
             health_check,
+            passive_health,
+            slow_start: self.slow_start.map_or(Duration::ZERO, |d| d.0),
+            queue,
         })
     }
+}
+
+fn failure_set(list: Option<Vec<FailureValue>>, default: FailureSet) -> FailureSet {
+    match list {
+        Some(list) => FailureSet(list.into_iter().map(|f| f.0).collect()),
+        None => default,
+    }
+}
+
+fn validate_retries(
+    raw: Option<RawRetries>,
+    server: &ServerConf,
+) -> Result<RetryPolicy, ConfigError> {
+    let defaults = RetryPolicy::default();
+    let block = match raw {
+        None => RawRetryBlock::default(),
+        Some(RawRetries::Attempts(n)) => RawRetryBlock {
+            attempts: Some(n),
+            ..RawRetryBlock::default()
+        },
+        Some(RawRetries::Block(block)) => block,
+    };
+    let attempts = block.attempts.unwrap_or(defaults.attempts);
+    if attempts >= server.max_retries {
+        return Err(ConfigError::invalid(
+            "lb.retries.attempts",
+            format!(
+                "{attempts} must be below the server's max_retries ({})",
+                server.max_retries
+            ),
+        ));
+    }
+    let budget_percent = block.budget_percent.unwrap_or(defaults.budget_percent);
+    if budget_percent > 100 {
+        return Err(ConfigError::invalid(
+            "lb.retries.budget_percent",
+            format!("{budget_percent} is above 100"),
+        ));
+    }
+    Ok(RetryPolicy {
+        attempts,
+        on: failure_set(block.on, defaults.on),
+        budget_percent,
+        budget_min_per_second: block
+            .budget_min_per_second
+            .unwrap_or(defaults.budget_min_per_second),
+    })
+}
+
+fn validate_passive(raw: RawPassiveHealth) -> Result<PassiveHealth, ConfigError> {
+    let defaults = PassiveHealth::default();
+    let eject_for = non_zero(
+        "lb.passive_health.eject_for",
+        raw.eject_for.map_or(defaults.eject_for, |d| d.0),
+    )?;
+    let max_eject_for = raw
+        .max_eject_for
+        .map_or(defaults.max_eject_for.max(eject_for), |d| d.0);
+    if max_eject_for < eject_for {
+        return Err(ConfigError::invalid(
+            "lb.passive_health.max_eject_for",
+            "must not be shorter than eject_for",
+        ));
+    }
+    let max_ejected_percent = raw
+        .max_ejected_percent
+        .unwrap_or(defaults.max_ejected_percent);
+    if max_ejected_percent > 100 {
+        return Err(ConfigError::invalid(
+            "lb.passive_health.max_ejected_percent",
+            format!("{max_ejected_percent} is above 100"),
+        ));
+    }
+    Ok(PassiveHealth {
+        consecutive_failures: raw
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
+        on: failure_set(raw.on, defaults.on),
+        eject_for,
+        max_eject_for,
+        max_ejected_percent,
+    })
 }
 
 #[cfg(test)]
@@ -755,7 +1210,12 @@ mod tests {
     fn minimal_config_gets_documented_defaults() {
         let c = Config::from_yaml(MINIMAL).unwrap();
         assert_eq!(c.lb.selection, Selection::RoundRobin);
-        assert_eq!(c.lb.retries, 2);
+        assert_eq!(c.lb.retries, RetryPolicy::default());
+        assert_eq!(c.lb.retries.attempts, 2);
+        assert_eq!(c.lb.passive_health, PassiveHealth::default());
+        assert_eq!(c.lb.slow_start, Duration::ZERO);
+        assert_eq!(c.lb.hash_key, HashKey::ClientIp);
+        assert_eq!(c.lb.queue, QueueConfig::default());
         assert_eq!(c.lb.timeouts, Timeouts::default());
         assert_eq!(c.lb.health_check, HealthCheckConfig::default());
         assert_eq!(c.lb.upstreams[0].weight, 1);
@@ -800,6 +1260,68 @@ lb:
             !c.lb.health_check.expect_status[1].contains(200)
                 || c.lb.health_check.expect_status[0].contains(200)
         );
+    }
+
+    #[test]
+    fn balancing_keys_parse() {
+        let c = Config::from_yaml(
+            r#"
+lb:
+  listen: ["127.0.0.1:8080"]
+  selection: consistent_hash
+  hash_key: "cookie:session"
+  upstreams:
+    - { addr: 127.0.0.1:8081, weight: 3, max_conns: 100 }
+    - { addr: 127.0.0.1:8083, backup: true }
+  slow_start: 30s
+  passive_health:
+    consecutive_failures: 5
+    eject_for: 30s
+    max_ejected_percent: 50
+    on: [connect_failure, status_5xx]
+  retries:
+    attempts: 2
+    on: [connect_failure, timeout, status_502, status_503]
+    budget_percent: 20
+  queue: { size: 10, timeout: 500ms }
+"#,
+        )
+        .unwrap();
+        let lb = c.lb;
+        assert_eq!(lb.selection, Selection::ConsistentHash);
+        assert_eq!(lb.hash_key, HashKey::Cookie("session".into()));
+        assert_eq!(lb.upstreams[0].max_conns, Some(100));
+        assert!(lb.upstreams[1].backup);
+        assert_eq!(lb.slow_start, Duration::from_secs(30));
+        assert!(lb.passive_health.on.status(503));
+        assert!(!lb.passive_health.on.timeout());
+        assert!(lb.retries.on.status(502) && !lb.retries.on.status(500));
+        assert_eq!(lb.queue.size, 10);
+        let short = Config::from_yaml(&format!("{MINIMAL}  retries: 0\n")).unwrap();
+        assert_eq!(short.lb.retries.attempts, 0);
+        assert_eq!(short.lb.retries.on, RetryPolicy::default().on);
+    }
+
+    #[test]
+    fn balancing_errors_name_the_key() {
+        let with = |extra: &str| err(&format!("{MINIMAL}{extra}"));
+        let e = with("  retries: { attempts: 1, on: [status_999] }\n");
+        assert!(e.contains("lb.retries.on[0]") && e.contains("999"), "{e}");
+        let e = with("  retries: { attemps: 1 }\n");
+        assert!(e.contains("attemps"), "{e}");
+        let e = with("  hash_key: body\n");
+        assert!(e.contains("lb.hash_key"), "{e}");
+        let e = with("  passive_health: { max_ejected_percent: 150 }\n");
+        assert!(e.contains("lb.passive_health.max_ejected_percent"), "{e}");
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [{ addr: \"127.0.0.1:1\", backup: true }]\n");
+        assert!(e.contains("lb.upstreams") && e.contains("backup"), "{e}");
+        let e = err("lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams: [{ addr: \"127.0.0.1:1\", weight: 1000 }]\n");
+        assert!(
+            e.contains("lb.upstreams[0].weight") && e.contains("256"),
+            "{e}"
+        );
+        let e = with("  slow_start: soon\n");
+        assert!(e.contains("lb.slow_start"), "{e}");
     }
 
     #[test]

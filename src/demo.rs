@@ -12,9 +12,7 @@ use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::Opt;
 
-use crate::config::{
-    CheckType, Config, HealthCheckConfig, LbConfig, Selection, Timeouts, Upstream,
-};
+use crate::config::{Config, LbConfig, Upstream};
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +91,8 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
             name: addr.to_string(),
             addr,
             weight: 1,
+            max_conns: None,
+            backup: false,
         });
         listeners.push(listener);
     }
@@ -142,17 +142,7 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
     server.upgrade_sock = tmp.join("lb-demo_upgrade.sock").display().to_string();
     let config = Config {
         server,
-        lb: LbConfig {
-            listen: vec![listen],
-            upstreams,
-            selection: Selection::RoundRobin,
-            retries: LbConfig::DEFAULT_RETRIES,
-            timeouts: Timeouts::default(),
-            health_check: HealthCheckConfig {
-                kind: CheckType::Tcp,
-                ..HealthCheckConfig::default()
-            },
-        },
+        lb: LbConfig::with_defaults(vec![listen], upstreams),
     };
     crate::server::build(Opt::default(), config, None).run_forever()
 }

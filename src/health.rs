@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,18 +22,16 @@ use pingora::{Error, ErrorType};
 
 use crate::config::{CheckType, HealthCheckConfig};
 use crate::reload::SharedRouting;
+use crate::upstream::UpstreamState;
 
-/// The settled state of every checked upstream, shared so that a reload can carry it over.
-pub type CheckStates = Arc<Mutex<HashMap<SocketAddr, CheckState>>>;
-
-/// Builds the configured check, or `None` for `type: none`.
+/// Builds the configured check over `members`, or `None` for `type: none`.
 ///
-/// `carried` holds the states of a check being replaced (on reload): upstreams found there keep
-/// their up/down state and streak instead of starting over.
+/// The settled state of each upstream lives in its [`UpstreamState`], which outlives a reload:
+/// upstreams that stay keep their up/down state and streak instead of starting over.
 pub fn build_check(
     config: &HealthCheckConfig,
-    carried: Option<&CheckStates>,
-) -> Option<(Box<dyn HealthCheck + Send + Sync>, CheckStates)> {
+    members: &[Arc<UpstreamState>],
+) -> Option<Box<dyn HealthCheck + Send + Sync>> {
     let probe: Box<dyn HealthCheck + Send + Sync> = match config.kind {
         CheckType::None => return None,
         CheckType::Tcp => {
@@ -67,13 +65,7 @@ pub fn build_check(
             Box::new(http)
         }
     };
-    let check = UpstreamCheck::new(probe, config);
-    if let Some(carried) = carried {
-        let carried = carried.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        *check.states.lock().unwrap_or_else(|p| p.into_inner()) = carried;
-    }
-    let states = check.states.clone();
-    Some((Box::new(check), states))
+    Some(Box::new(UpstreamCheck::new(probe, config, members)))
 }
 
 fn http_check_request(config: &HealthCheckConfig) -> pingora::Result<pingora::http::RequestHeader> {
@@ -86,15 +78,6 @@ fn http_check_request(config: &HealthCheckConfig) -> pingora::Result<pingora::ht
     Ok(req)
 }
 
-/// What the checks currently say about one upstream.
-#[derive(Debug, Clone, Default)]
-pub struct CheckState {
-    /// `None` until the first check of this upstream finished.
-    up: Option<bool>,
-    /// Consecutive results that disagree with `up`.
-    streak: usize,
-}
-
 /// A pingora probe plus timeout, hysteresis and logging.
 ///
 /// It answers pingora with the *settled* state of the upstream (so pingora's own threshold is 1):
@@ -105,33 +88,50 @@ pub struct UpstreamCheck {
     timeout: Duration,
     healthy_after: usize,
     unhealthy_after: usize,
-    states: CheckStates,
+    states: HashMap<SocketAddr, Arc<UpstreamState>>,
 }
 
 impl UpstreamCheck {
-    pub fn new(probe: Box<dyn HealthCheck + Send + Sync>, config: &HealthCheckConfig) -> Self {
+    pub fn new(
+        probe: Box<dyn HealthCheck + Send + Sync>,
+        config: &HealthCheckConfig,
+        members: &[Arc<UpstreamState>],
+    ) -> Self {
         UpstreamCheck {
             probe,
             // The probe's own timeouts cover connect and read; this bounds the whole check.
             timeout: config.timeout,
             healthy_after: config.healthy_after,
             unhealthy_after: config.unhealthy_after,
-            states: Arc::new(Mutex::new(HashMap::new())),
+            states: members.iter().map(|m| (m.addr, m.clone())).collect(),
         }
     }
 
     /// Folds one probe result into the upstream's state; returns whether it is now up.
     fn observe(&self, addr: SocketAddr, result: &Result<(), String>) -> bool {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let state = states.entry(addr).or_default();
+        let Some(upstream) = self.states.get(&addr) else {
+            return result.is_ok();
+        };
+        upstream.set_last_check(
+            result.is_ok(),
+            match result {
+                Ok(()) => "ok".to_string(),
+                Err(reason) => reason.clone(),
+            },
+        );
+        let mut state = upstream.check.lock().unwrap_or_else(|p| p.into_inner());
         let passed = result.is_ok();
         match state.up {
             None => {
                 state.up = Some(passed);
                 match result {
-                    Ok(()) => log::info!("upstream {addr} is UP (first check passed)"),
+                    Ok(()) => {
+                        log::info!("upstream {addr} is UP (first check passed)");
+                        upstream.set_healthy(true, true, "first check passed");
+                    }
                     Err(reason) => {
-                        log::warn!("upstream {addr} is DOWN (first check failed): {reason}")
+                        log::warn!("upstream {addr} is DOWN (first check failed): {reason}");
+                        upstream.set_healthy(false, true, &format!("first check failed: {reason}"));
                     }
                 }
             }
@@ -149,12 +149,18 @@ impl UpstreamCheck {
                     let s = if streak == 1 { "" } else { "s" };
                     match result {
                         Ok(()) => {
-                            log::info!("upstream {addr} is UP after {streak} passed check{s}")
+                            log::info!("upstream {addr} is UP after {streak} passed check{s}");
+                            upstream.set_healthy(true, false, &format!("passed {streak} check{s}"));
                         }
                         Err(reason) => {
                             log::warn!(
                                 "upstream {addr} is DOWN after {streak} failed check{s}: {reason}"
-                            )
+                            );
+                            upstream.set_healthy(
+                                false,
+                                false,
+                                &format!("failed {streak} check{s}: {reason}"),
+                            );
                         }
                     }
                 }
@@ -227,26 +233,36 @@ impl BackgroundService for HealthService {
         ready: ServiceReadyNotifier,
     ) {
         // Every upstream is checked once, concurrently, before traffic is served.
-        self.routing.load_full().check_round().await;
+        let first = self.routing.load_full();
+        first.check_round().await;
+        first.registry.set_serving();
         crate::lifecycle::notify_upgrader(crate::lifecycle::UpgradeStage::Checked);
         ready.notify_ready();
         loop {
             let routing = self.routing.load_full();
             let Some(interval) = routing.check_interval() else {
-                // Checks are off; a reload may turn them on.
+                // Checks are off (a reload may turn them on); ejections still end.
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                        routing.end_due_ejections();
+                        continue;
+                    }
                     _ = shutdown.changed() => return,
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        return;
+            // Ejections end on their own time, between check rounds: look every 250 ms.
+            let round = tokio::time::Instant::now() + interval;
+            while tokio::time::Instant::now() < round {
+                let tick = (round - tokio::time::Instant::now()).min(Duration::from_millis(250));
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            return;
+                        }
                     }
-                    continue;
                 }
+                self.routing.load().end_due_ejections();
             }
             self.routing.load_full().check_round().await;
         }
@@ -257,19 +273,20 @@ impl BackgroundService for HealthService {
 mod tests {
     use super::*;
 
-    fn check(healthy_after: usize, unhealthy_after: usize) -> UpstreamCheck {
+    fn check(healthy_after: usize, unhealthy_after: usize, a: SocketAddr) -> UpstreamCheck {
         let config = HealthCheckConfig {
             healthy_after,
             unhealthy_after,
             ..HealthCheckConfig::default()
         };
-        UpstreamCheck::new(Box::new(TcpHealthCheck::default()), &config)
+        let members = [UpstreamState::detached(a)];
+        UpstreamCheck::new(Box::new(TcpHealthCheck::default()), &config, &members)
     }
 
     #[test]
     fn first_result_decides_then_hysteresis_applies() {
-        let c = check(2, 3);
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let c = check(2, 3, a);
         let fail = Err("connection refused".to_string());
         assert!(!c.observe(a, &fail), "down at start");
         assert!(!c.observe(a, &Ok(())), "one pass is not enough");

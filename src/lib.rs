@@ -1,7 +1,8 @@
 //! `lb`: an HTTP load balancer built on Cloudflare's Pingora.
 //!
-//! One module per concern: [`config`] reads and validates the YAML file, [`selection`] picks an
-//! upstream, [`health`] runs the active checks, [`proxy`] is the request path, [`server`]
+//! One module per concern: [`config`] reads and validates the YAML file, [`upstream`] holds each
+//! upstream's live state, [`selection`] picks an upstream, [`health`] runs the active checks,
+//! [`retry`] keeps the retry budget, [`stats`] the metrics, [`proxy`] is the request path, [`server`]
 //! assembles pingora services from a config, [`reload`] applies a changed config in place,
 //! [`lifecycle`] announces the instance and ends it gracefully, [`instance`] and [`control`]
 //! let `lb reload|upgrade|stop` find and drive a running instance, [`demo`] is the built-in
@@ -16,8 +17,11 @@ pub mod instance;
 pub mod lifecycle;
 pub mod proxy;
 pub mod reload;
+pub mod retry;
 pub mod selection;
 pub mod server;
+pub mod stats;
+pub mod upstream;
 
 /// Sets up logging to stderr: level from `RUST_LOG`, `info` by default.
 ///

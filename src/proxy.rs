@@ -1,7 +1,9 @@
 //! The request path: pingora's [`ProxyHttp`] hooks for one balancer.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,13 +13,23 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::config::{HashKey, Selection};
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::reload::{Routing, SharedRouting};
+use crate::selection::{hash_bytes, Lease, Pick};
+use crate::stats::Outcome;
 
 /// No upstream is healthy: answered with 503.
 const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("NoHealthyUpstream");
 /// Every healthy upstream was tried and failed: answered with 502.
 const NO_UPSTREAM_LEFT: ErrorType = ErrorType::Custom("NoUpstreamLeft");
+/// Every usable upstream is at `max_conns` and the queue is full: 503.
+const QUEUE_FULL: ErrorType = ErrorType::Custom("QueueFull");
+/// Every usable upstream stayed at `max_conns` for the whole queue timeout: 503.
+const QUEUE_TIMEOUT: ErrorType = ErrorType::Custom("QueueTimeout");
+/// The upstream answered with a status that `retries.on` retries; the answer is dropped and
+/// the request goes to another upstream.
+const RETRY_ON_STATUS: ErrorType = ErrorType::Custom("RetryOnStatus");
 
 /// Headers that only describe one connection and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 4] = [
@@ -45,13 +57,141 @@ pub struct RequestCtx {
     routing: Arc<Routing>,
     /// Upstreams this request was sent to, in order; never picked again for it.
     pub tried: Vec<SocketAddr>,
+    /// The upstream of the current attempt, held (for `max_conns` and `least_conn`) until the
+    /// attempt ends.
+    lease: Option<Lease>,
+    /// When the current attempt started.
+    attempt_started: Option<Instant>,
+    /// Whether the current attempt's outcome has been counted.
+    attempt_recorded: bool,
+    /// Time to the response header of the attempt that answered.
+    pub upstream_time: Option<Duration>,
+    pub started: Instant,
+    /// Retries made for this request.
+    pub retries: u32,
     _in_flight: InFlightGuard,
 }
 
 impl RequestCtx {
-    /// Whether another upstream may still be tried.
+    /// Whether the retry policy still allows another upstream (attempts and budget). Spends
+    /// from the budget when it does.
     fn may_retry(&self) -> bool {
-        self.tried.len() <= self.routing.config.retries
+        let policy = &self.routing.config.retries;
+        if self.tried.len() > policy.attempts {
+            return false;
+        }
+        if !self.routing.pool.has_usable(&self.tried) {
+            return false;
+        }
+        if self.routing.registry.retry_budget.try_retry(policy) {
+            true
+        } else {
+            crate::stats::metrics().retries_denied_by_budget.inc();
+            log::debug!("retry budget spent: not retrying");
+            false
+        }
+    }
+
+    /// Counts the end of the current attempt: stats, passive health, latency estimate.
+    fn record_attempt(&mut self, outcome: Outcome, what: &str) {
+        if std::mem::replace(&mut self.attempt_recorded, true) {
+            return;
+        }
+        let Some(lease) = &self.lease else { return };
+        let state = lease.state();
+        let elapsed = self.attempt_started.map(|t| t.elapsed());
+        let latency = match outcome {
+            Outcome::Response(_) => elapsed,
+            _ => None,
+        };
+        state.stats.record(outcome, latency);
+        if let Some(elapsed) = elapsed {
+            state.observe_latency(elapsed);
+        }
+        let passive = &self.routing.config.passive_health.on;
+        let failed = match outcome {
+            Outcome::Response(status) => passive.status(status),
+            Outcome::Connect => passive.connect_failure(),
+            Outcome::Timeout => passive.timeout(),
+            Outcome::Reset => passive.reset(),
+        };
+        if failed {
+            self.routing.note_failure(state, what);
+        } else {
+            state.record_success();
+        }
+    }
+
+    /// The current attempt failed and another upstream will be tried.
+    fn count_retry(&mut self) {
+        self.retries += 1;
+        if let Some(lease) = &self.lease {
+            lease.state().stats.record_retry();
+        }
+    }
+}
+
+/// A waiting request's place in the queue; leaving it (in any way) frees the place.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        crate::stats::metrics().queued.dec();
+    }
+}
+
+impl LbProxy {
+    /// Picks an upstream for `ctx`, waiting in the queue while every usable one is at its
+    /// `max_conns`.
+    async fn acquire(&self, session: &Session, ctx: &RequestCtx) -> Result<Lease> {
+        let routing = &ctx.routing;
+        let pool = &routing.pool;
+        let hash = match routing.config.selection {
+            Selection::ConsistentHash => request_hash(session, &routing.config.hash_key),
+            _ => 0,
+        };
+        let mut place = None;
+        let deadline = Instant::now() + routing.config.queue.timeout;
+        loop {
+            // Registered before the pick, so a slot freed in between is not missed.
+            let freed = pool.freed.notified();
+            match pool.pick(hash, &ctx.tried) {
+                Pick::Got(lease) => return Ok(lease),
+                Pick::Empty if ctx.tried.is_empty() => {
+                    return Error::e_explain(NO_HEALTHY_UPSTREAM, "no healthy upstream")
+                }
+                Pick::Empty => {
+                    return Error::e_explain(NO_UPSTREAM_LEFT, "every healthy upstream failed")
+                }
+                Pick::Busy => {}
+            }
+            if place.is_none() {
+                let queued = pool.waiting.fetch_add(1, Ordering::AcqRel);
+                crate::stats::metrics().queued.inc();
+                let entered = QueuePlace(&pool.waiting);
+                if queued >= routing.config.queue.size {
+                    crate::stats::metrics()
+                        .queue_rejected
+                        .with_label_values(&["full"])
+                        .inc();
+                    return Error::e_explain(QUEUE_FULL, "queue full");
+                }
+                place = Some(entered);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                crate::stats::metrics()
+                    .queue_rejected
+                    .with_label_values(&["timeout"])
+                    .inc();
+                return Error::e_explain(QUEUE_TIMEOUT, "queue timeout");
+            }
+            // Woken when a slot frees; the short cap also catches slots freed by requests of
+            // an earlier routing and upstreams coming back.
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(wait, freed).await;
+        }
     }
 }
 
@@ -63,6 +203,12 @@ impl ProxyHttp for LbProxy {
         RequestCtx {
             routing: self.routing.load_full(),
             tried: Vec::new(),
+            lease: None,
+            attempt_started: None,
+            attempt_recorded: false,
+            upstream_time: None,
+            started: Instant::now(),
+            retries: 0,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -73,25 +219,23 @@ impl ProxyHttp for LbProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         session.set_keepalive(Some(ctx.routing.config.timeouts.idle.as_secs().max(1)));
+        ctx.routing.registry.retry_budget.record_request();
         Ok(())
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(backend) = ctx.routing.balancer.select(&ctx.tried) else {
-            return if ctx.tried.is_empty() {
-                Error::e_explain(NO_HEALTHY_UPSTREAM, "no healthy upstream")
-            } else {
-                Error::e_explain(NO_UPSTREAM_LEFT, "every healthy upstream failed")
-            };
-        };
-        let Some(addr) = backend.addr.as_inet().copied() else {
-            return Error::e_explain(ErrorType::InternalError, "upstream is not an inet address");
-        };
+        // A previous attempt (when retrying) lets go of its upstream first.
+        ctx.lease = None;
+        let lease = self.acquire(session, ctx).await?;
+        let addr = lease.upstream().addr;
         ctx.tried.push(addr);
+        ctx.lease = Some(lease);
+        ctx.attempt_started = Some(Instant::now());
+        ctx.attempt_recorded = false;
         let timeouts = &ctx.routing.config.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let options = &mut peer.options;
@@ -157,6 +301,39 @@ impl ProxyHttp for LbProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = response.status.as_u16();
+        if status == 101 || status < 100 {
+            return Ok(());
+        }
+        ctx.upstream_time = ctx.attempt_started.map(|t| t.elapsed());
+        ctx.record_attempt(Outcome::Response(status), &format!("HTTP {status}"));
+        // An answer `retries.on` names is dropped and the request goes elsewhere, if that is
+        // safe: nothing of it has reached the client yet.
+        if ctx.routing.config.retries.on.status(status)
+            && safe_to_repeat(session)
+            && ctx.may_retry()
+        {
+            ctx.count_retry();
+            log::warn!(
+                "upstream {} answered {status}; trying another upstream",
+                ctx.tried
+                    .last()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+            let mut e = Error::explain(RETRY_ON_STATUS, format!("upstream answered {status}"));
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -164,12 +341,14 @@ impl ProxyHttp for LbProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let reason = crate::health::describe(&e);
+        ctx.record_attempt(Outcome::Connect, &format!("connect: {reason}"));
         // Nothing of the request reached the upstream, so any request may go elsewhere.
-        if ctx.may_retry() {
+        if ctx.routing.config.retries.on.connect_failure() && ctx.may_retry() {
+            ctx.count_retry();
             log::warn!(
-                "upstream {} connect failed ({}); trying another upstream",
+                "upstream {} connect failed ({reason}); trying another upstream",
                 peer._address,
-                crate::health::describe(&e)
             );
             e.set_retry(true);
         }
@@ -184,18 +363,41 @@ impl ProxyHttp for LbProxy {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
+        if e.etype() == &RETRY_ON_STATUS {
+            // Decided (and counted) in upstream_response_filter.
+            return e;
+        }
         let mut e = e.more_context(format!("upstream: {}", peer._address));
+        let upstream_side = e.esource() == &ErrorSource::Upstream;
+        let outcome = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Outcome::Timeout),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                Some(Outcome::Reset)
+            }
+            _ => None,
+        };
+        let Some(outcome) = outcome.filter(|_| upstream_side) else {
+            e.set_retry(false);
+            return e;
+        };
+        let what = match outcome {
+            Outcome::Timeout => "timeout".to_string(),
+            _ => format!("connection broken: {}", crate::health::describe(&e)),
+        };
+        ctx.record_attempt(outcome, &what);
         // A request may be repeated on another upstream only if repeating it is safe: an
-        // idempotent method whose whole body we still hold, no response started towards the
-        // client, and a connection failure rather than a slow upstream (that is a 504).
-        let connection_failed = matches!(
-            e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-        );
-        let safe = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none();
-        e.set_retry(connection_failed && safe && ctx.may_retry());
+        // idempotent method whose whole body we still hold, and no response started towards
+        // the client.
+        let on = &ctx.routing.config.retries.on;
+        let wanted = match outcome {
+            Outcome::Timeout => on.timeout(),
+            _ => on.reset(),
+        };
+        let retry = wanted && safe_to_repeat(session) && ctx.may_retry();
+        if retry {
+            ctx.count_retry();
+        }
+        e.set_retry(retry);
         e
     }
 
@@ -234,6 +436,16 @@ impl ProxyHttp for LbProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let metrics = crate::stats::metrics();
+        let class = match status {
+            Some(s) => crate::stats::STATUS_CLASSES[(s / 100).clamp(1, 5) as usize - 1],
+            None => "none",
+        };
+        metrics.requests.with_label_values(&[class]).inc();
+        metrics
+            .request_duration
+            .observe(ctx.started.elapsed().as_secs_f64());
         if let Some(e) = e {
             log::debug!(
                 "{} failed after trying {:?}: {e}",
@@ -250,6 +462,15 @@ fn error_response(e: &Error) -> (u16, &'static str) {
         ErrorType::HTTPStatus(code) => (*code, "the request could not be served"),
         t if *t == NO_HEALTHY_UPSTREAM => (503, "no healthy upstream is available"),
         t if *t == NO_UPSTREAM_LEFT => (502, "no upstream could be reached"),
+        t if *t == QUEUE_FULL => (
+            503,
+            "every upstream is at its max_conns and the queue is full",
+        ),
+        t if *t == QUEUE_TIMEOUT => (
+            503,
+            "every upstream stayed at its max_conns for the whole queue timeout",
+        ),
+        t if *t == RETRY_ON_STATUS => (502, "no upstream gave a usable answer"),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
             if e.esource() == &ErrorSource::Upstream =>
         {
@@ -264,6 +485,49 @@ fn error_response(e: &Error) -> (u16, &'static str) {
                 _ => (400, "the request is malformed"),
             },
             ErrorSource::Internal | ErrorSource::Unset => (500, "internal error"),
+        },
+    }
+}
+
+/// Whether the request may be sent again: an idempotent method whose body we still hold
+/// whole, and nothing of a response sent to the client.
+fn safe_to_repeat(session: &Session) -> bool {
+    session.req_header().method.is_idempotent()
+        && !session.as_ref().retry_buffer_truncated()
+        && session.response_written().is_none()
+}
+
+/// The `consistent_hash` key of a request. A request without the configured header or cookie
+/// hashes on its client address.
+fn request_hash(session: &Session, key: &HashKey) -> u64 {
+    let req = session.req_header();
+    let found: Option<&[u8]> = match key {
+        HashKey::ClientIp => None,
+        HashKey::Uri => Some(
+            req.uri
+                .path_and_query()
+                .map(|p| p.as_str().as_bytes())
+                .unwrap_or(b"/"),
+        ),
+        HashKey::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
+        HashKey::Cookie(name) => req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes()),
+    };
+    match found {
+        Some(bytes) => hash_bytes(bytes),
+        None => match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(addr) => match addr.ip() {
+                std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
+                std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
+            },
+            None => 0,
         },
     }
 }

@@ -17,34 +17,41 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{Config, LbConfig, Upstream};
-use crate::health::{self, CheckStates};
+use crate::health;
 use crate::instance::{InstanceFiles, Status};
-use crate::selection::Balancer;
+use crate::selection::Pool;
+use crate::upstream::{now_ms, Registry, UpstreamState};
 
 /// How requests are routed right now.
 pub struct Routing {
     pub config: LbConfig,
-    pub balancer: Balancer,
-    /// Present when active checks are on.
-    check_states: Option<CheckStates>,
+    pub pool: Pool,
+    /// Every upstream's live state, shared by all routings of this process.
+    pub registry: Arc<Registry>,
+    /// Whether active checks are on.
+    checked: bool,
 }
 
 /// The current routing, replaced as a whole on reload.
 pub type SharedRouting = Arc<ArcSwap<Routing>>;
 
 impl Routing {
-    /// Builds the routing for `config`. `previous`, on reload, lends its upstreams' health.
-    pub fn new(config: LbConfig, previous: Option<&Routing>) -> Self {
-        let carried = previous.and_then(|p| p.check_states.as_ref());
-        let (check, check_states) = match health::build_check(&config.health_check, carried) {
-            Some((check, states)) => (Some(check), Some(states)),
-            None => (None, None),
-        };
-        let balancer = Balancer::new(config.selection, &config.upstreams, check);
+    /// Builds the routing for `config`. Upstreams already in `registry` keep their state.
+    pub fn new(config: LbConfig, registry: Arc<Registry>) -> Self {
+        let states = registry.members(&config.upstreams);
+        let check = health::build_check(&config.health_check, &states);
+        if check.is_none() {
+            for state in &states {
+                state.unchecked();
+            }
+        }
+        let checked = check.is_some();
+        let pool = Pool::new(&config, &registry, check);
         Routing {
             config,
-            balancer,
-            check_states,
+            pool,
+            registry,
+            checked,
         }
     }
 
@@ -54,16 +61,62 @@ impl Routing {
 
     /// Runs one round of active checks over every upstream, concurrently.
     pub async fn check_round(&self) {
-        if self.check_states.is_some() {
-            self.balancer.backends().run_health_check(true).await;
+        if self.checked {
+            self.pool.backends().run_health_check(true).await;
         }
     }
 
     /// Time between check rounds, or `None` when checks are off.
     pub fn check_interval(&self) -> Option<Duration> {
-        self.check_states
-            .as_ref()
-            .map(|_| self.config.health_check.interval)
+        self.checked.then_some(self.config.health_check.interval)
+    }
+
+    /// A failed attempt on `state` (of a kind passive health counts): ejects the upstream after
+    /// `consecutive_failures` in a row, unless that would eject more than
+    /// `max_ejected_percent` of the pool.
+    pub fn note_failure(&self, state: &UpstreamState, what: &str) {
+        let policy = &self.config.passive_health;
+        if policy.consecutive_failures == 0 {
+            return;
+        }
+        let failures = state.record_failure();
+        let now = now_ms();
+        if failures < policy.consecutive_failures || state.is_ejected(now) {
+            return;
+        }
+        let members = &self.pool.members;
+        let ejected = members.iter().filter(|m| m.state.is_ejected(now)).count();
+        let allowed = members.len() * policy.max_ejected_percent as usize / 100;
+        if ejected >= allowed {
+            log::warn!(
+                "upstream {} failed {failures} times in a row ({what}) but stays in: \
+                 {ejected} of {} upstreams are ejected already (max_ejected_percent {})",
+                state.addr,
+                members.len(),
+                policy.max_ejected_percent
+            );
+            return;
+        }
+        let reason = format!("{failures} consecutive failures, last: {what}");
+        let length = state.eject(policy, &reason);
+        log::warn!(
+            "upstream {} is EJECTED for {}s: {reason}",
+            state.addr,
+            length.as_secs()
+        );
+    }
+
+    /// Ends the ejections whose time is up, with a log line each.
+    pub fn end_due_ejections(&self) {
+        let now = now_ms();
+        for m in &self.pool.members {
+            if m.state.end_ejection_if_due(now) {
+                log::info!(
+                    "upstream {} is back in rotation: its ejection ended",
+                    m.upstream.addr
+                );
+            }
+        }
     }
 }
 
@@ -133,7 +186,7 @@ impl ReloadService {
             return Err(ReloadError::NeedsUpgrade("lb.listen".to_string()));
         }
         let current = self.routing.load_full();
-        let next = Routing::new(config.lb, Some(&current));
+        let next = Routing::new(config.lb, current.registry.clone());
         // Settle the new upstream set before it takes traffic: kept upstreams keep their
         // state, new ones get their first check now.
         next.check_round().await;
@@ -244,7 +297,40 @@ fn describe_changes(before: &LbConfig, after: &LbConfig) -> String {
         ));
     }
     if before.retries != after.retries {
-        parts.push(format!("retries {}→{}", before.retries, after.retries));
+        parts.push(format!(
+            "retries {}→{}",
+            before.retries.attempts, after.retries.attempts
+        ));
+    }
+    if before.passive_health != after.passive_health {
+        parts.push("passive health changed".to_string());
+    }
+    if before.slow_start != after.slow_start {
+        parts.push(format!(
+            "slow_start {:?}→{:?}",
+            before.slow_start, after.slow_start
+        ));
+    }
+    if before.hash_key != after.hash_key {
+        parts.push(format!("hash_key {}→{}", before.hash_key, after.hash_key));
+    }
+    if before.queue != after.queue {
+        parts.push("queue changed".to_string());
+    }
+    let flags = |u: &Upstream| (u.max_conns, u.backup);
+    let reflagged: Vec<String> = after
+        .upstreams
+        .iter()
+        .filter(|u| {
+            before
+                .upstreams
+                .iter()
+                .any(|b| b.addr == u.addr && flags(b) != flags(u))
+        })
+        .map(|u| u.addr.to_string())
+        .collect();
+    if !reflagged.is_empty() {
+        parts.push(format!("max_conns/backup {}", reflagged.join(", ")));
     }
     if before.timeouts != after.timeouts {
         parts.push("timeouts changed".to_string());

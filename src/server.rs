@@ -16,6 +16,7 @@ use crate::instance::InstanceFiles;
 use crate::lifecycle::{InFlight, LifecycleService};
 use crate::proxy::LbProxy;
 use crate::reload::{ReloadService, Routing};
+use crate::upstream::Registry;
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ pub fn build(mut opt: Opt, config: Config, config_path: Option<PathBuf>) -> Serv
             .grace_period_seconds
             .unwrap_or(server_defaults::GRACE_PERIOD_SECONDS),
     );
-    let routing = Routing::new(config.lb.clone(), None).shared();
+    let routing = Routing::new(config.lb.clone(), Registry::new()).shared();
     let reload =
         config_path.map(|path| Arc::new(ReloadService::new(routing.clone(), path, &config)));
     let listen = config.lb.listen.clone();

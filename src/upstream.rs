@@ -1,0 +1,564 @@
+//! The live state of each upstream: health, passive ejection, admin state, load and latency.
+//!
+//! pingora rebuilds its selector whenever the upstream set changes, and a reload builds a whole
+//! new [`crate::reload::Routing`]; state that must outlive both lives here instead, one
+//! [`UpstreamState`] per address in the long-lived [`Registry`]. Every source of "may this
+//! upstream take a request" — active checks, passive ejection, the admin API, slow start — is
+//! folded into one [`State`], logged with its reason whenever it changes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::{PassiveHealth, Upstream};
+use crate::stats::UpstreamStats;
+
+/// Milliseconds on a monotonic clock that starts near zero when the process does.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    // +1 so that 0 can mean "never".
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What the operator said about an upstream through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Enabled = 0,
+    /// Takes no new requests; those in flight finish.
+    Draining = 1,
+    /// Takes no requests at all.
+    Disabled = 2,
+}
+
+/// The one state an upstream is in, most decisive first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Disabled,
+    Draining,
+    /// Active checks say it is down.
+    Down,
+    /// Passive health took it out for a while.
+    Ejected,
+    /// Up, ramping to its full weight.
+    SlowStart,
+    Up,
+}
+
+/// Every state, for metrics that export one series per state.
+pub const ALL_STATES: [State; 6] = [
+    State::Up,
+    State::SlowStart,
+    State::Ejected,
+    State::Down,
+    State::Draining,
+    State::Disabled,
+];
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Disabled => "disabled",
+            State::Draining => "draining",
+            State::Down => "down",
+            State::Ejected => "ejected",
+            State::SlowStart => "slow_start",
+            State::Up => "up",
+        }
+    }
+}
+
+/// The last change of state, for the logs, the API and the status page.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub state: State,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+/// The last active check of an upstream.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub ok: bool,
+    pub detail: String,
+    pub at: SystemTime,
+}
+
+/// What the active checks have settled on for one upstream (with hysteresis).
+#[derive(Debug, Clone, Default)]
+pub struct CheckState {
+    /// `None` until the first check of this upstream finished.
+    pub up: Option<bool>,
+    /// Consecutive results that disagree with `up`.
+    pub streak: usize,
+}
+
+/// How quickly the latency estimate forgets (peak-EWMA time constant).
+const EWMA_DECAY: Duration = Duration::from_secs(5);
+
+/// The live state of one upstream address.
+pub struct UpstreamState {
+    pub addr: SocketAddr,
+    in_flight: AtomicUsize,
+    /// The verdict of the active checks (always true when they are off).
+    healthy: AtomicBool,
+    pub check: Mutex<CheckState>,
+    pub last_check: Mutex<Option<CheckResult>>,
+    admin: AtomicU8,
+    /// Weight set through the admin API; 0 means "as configured".
+    weight_override: AtomicUsize,
+    /// When the upstream last became usable (for slow start); 0 for "long ago".
+    usable_since_ms: AtomicU64,
+    /// Whether becoming healthy for the first time ramps up (true for upstreams added while
+    /// serving; those present at start all begin together, so ramping them is pointless).
+    ramp_first_up: bool,
+    consecutive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    /// When the last ejection ended (for forgetting old ones).
+    last_ejection_end_ms: AtomicU64,
+    /// Ejections in a row, for the doubling of `eject_for`.
+    ejection_level: AtomicU32,
+    /// Peak-EWMA latency estimate in nanoseconds (f64 bits), and when it was last updated.
+    ewma_ns: AtomicU64,
+    ewma_at_ms: AtomicU64,
+    last_change: Mutex<Change>,
+    pub stats: UpstreamStats,
+}
+
+impl UpstreamState {
+    fn new(addr: SocketAddr, ramp_first_up: bool) -> Self {
+        UpstreamState {
+            addr,
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            check: Mutex::new(CheckState::default()),
+            last_check: Mutex::new(None),
+            admin: AtomicU8::new(AdminState::Enabled as u8),
+            weight_override: AtomicUsize::new(0),
+            usable_since_ms: AtomicU64::new(0),
+            ramp_first_up,
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            last_ejection_end_ms: AtomicU64::new(0),
+            ejection_level: AtomicU32::new(0),
+            ewma_ns: AtomicU64::new(0f64.to_bits()),
+            ewma_at_ms: AtomicU64::new(0),
+            last_change: Mutex::new(Change {
+                state: State::Up,
+                reason: "configured".to_string(),
+                at: SystemTime::now(),
+            }),
+            stats: UpstreamStats::new(&addr.to_string()),
+        }
+    }
+
+    /// A detached state, for tests and benchmarks.
+    pub fn detached(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self::new(addr, false))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot unless `limit` requests are already in flight.
+    pub fn try_acquire(&self, limit: Option<usize>) -> bool {
+        match limit {
+            None => {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(limit) => self
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < limit).then_some(n + 1)
+                })
+                .is_ok(),
+        }
+    }
+
+    pub fn release(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn admin(&self) -> AdminState {
+        match self.admin.load(Ordering::Relaxed) {
+            1 => AdminState::Draining,
+            2 => AdminState::Disabled,
+            _ => AdminState::Enabled,
+        }
+    }
+
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now
+    }
+
+    /// Whether the upstream may take a new request (capacity aside).
+    pub fn usable(&self, now: u64) -> bool {
+        self.is_healthy() && self.admin() == AdminState::Enabled && !self.is_ejected(now)
+    }
+
+    /// The weight in force: the admin override, else the configured one.
+    pub fn weight(&self, configured: usize) -> usize {
+        match self.weight_override.load(Ordering::Relaxed) {
+            0 => configured,
+            w => w,
+        }
+    }
+
+    pub fn weight_override(&self) -> Option<usize> {
+        match self.weight_override.load(Ordering::Relaxed) {
+            0 => None,
+            w => Some(w),
+        }
+    }
+
+    /// Share of its weight the upstream gets while slow start ramps it up (1.0 when done).
+    pub fn ramp(&self, now: u64, slow_start: Duration) -> f64 {
+        let since = self.usable_since_ms.load(Ordering::Relaxed);
+        if slow_start.is_zero() || since == 0 {
+            return 1.0;
+        }
+        if now <= since {
+            return MIN_RAMP;
+        }
+        let elapsed = (now - since) as f64;
+        (elapsed / slow_start.as_millis().max(1) as f64).clamp(MIN_RAMP, 1.0)
+    }
+
+    /// The state as the API and the logs show it.
+    pub fn state(&self, now: u64, slow_start: Duration) -> State {
+        match self.admin() {
+            AdminState::Disabled => State::Disabled,
+            AdminState::Draining => State::Draining,
+            AdminState::Enabled if !self.is_healthy() => State::Down,
+            AdminState::Enabled if self.is_ejected(now) => State::Ejected,
+            AdminState::Enabled if self.ramp(now, slow_start) < 1.0 => State::SlowStart,
+            AdminState::Enabled => State::Up,
+        }
+    }
+
+    pub fn last_change(&self) -> Change {
+        self.last_change
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn changed(&self, state: State, reason: String) {
+        let mut last = self.last_change.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Change {
+            state,
+            reason,
+            at: SystemTime::now(),
+        };
+    }
+
+    /// Records the active checks' verdict. `first` is the very first verdict for this address.
+    pub fn set_healthy(&self, healthy: bool, first: bool, reason: &str) {
+        let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        if healthy && !was {
+            // Back from being down by the active checks' word: an ejection made while it was
+            // failing is over too (as Envoy does). A check that merely keeps passing does not
+            // end one: a TCP check cannot see the errors that caused it.
+            let until = self.ejected_until_ms.swap(0, Ordering::AcqRel);
+            if until != 0 {
+                self.last_ejection_end_ms.store(now_ms(), Ordering::Relaxed);
+            }
+        }
+        if healthy && (!was || first) {
+            if !first || self.ramp_first_up {
+                self.usable_since_ms.store(now_ms(), Ordering::Relaxed);
+            }
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if was != healthy || first {
+            let state = if healthy { State::Up } else { State::Down };
+            self.changed(state, reason.to_string());
+            bump_epoch();
+        }
+    }
+
+    /// Turns active checking off for this upstream: it counts as healthy.
+    pub fn unchecked(&self) {
+        *self.check.lock().unwrap_or_else(|p| p.into_inner()) = CheckState::default();
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            self.changed(State::Up, "active checks turned off".to_string());
+            bump_epoch();
+        }
+    }
+
+    pub fn set_last_check(&self, ok: bool, detail: String) {
+        *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(CheckResult {
+            ok,
+            detail,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// Applies an admin action; returns false when it changed nothing.
+    pub fn set_admin(&self, admin: AdminState, reason: &str) -> bool {
+        let before = self.admin.swap(admin as u8, Ordering::AcqRel);
+        if before == admin as u8 {
+            return false;
+        }
+        let state = match admin {
+            AdminState::Enabled => {
+                // Coming back from maintenance ramps up like coming back from being down.
+                self.usable_since_ms.store(now_ms(), Ordering::Relaxed);
+                if self.is_healthy() {
+                    State::Up
+                } else {
+                    State::Down
+                }
+            }
+            AdminState::Draining => State::Draining,
+            AdminState::Disabled => State::Disabled,
+        };
+        self.changed(state, reason.to_string());
+        bump_epoch();
+        true
+    }
+
+    pub fn set_weight_override(&self, weight: Option<usize>) {
+        self.weight_override
+            .store(weight.unwrap_or(0), Ordering::Relaxed);
+        WEIGHTS.fetch_add(1, Ordering::AcqRel);
+        bump_epoch();
+    }
+
+    /// A successful attempt: the failure streak ends.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A failed attempt; returns the consecutive failure count.
+    pub fn record_failure(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Takes the upstream out of rotation; returns for how long.
+    pub fn eject(&self, policy: &PassiveHealth, reason: &str) -> Duration {
+        let now = now_ms();
+        let ended = self.last_ejection_end_ms.load(Ordering::Relaxed);
+        // A long good spell since the last ejection forgets the earlier ones.
+        if ended != 0 && now.saturating_sub(ended) > policy.max_eject_for.as_millis() as u64 {
+            self.ejection_level.store(0, Ordering::Relaxed);
+        }
+        let level = self.ejection_level.fetch_add(1, Ordering::AcqRel).min(16);
+        let length = policy
+            .eject_for
+            .saturating_mul(1u32 << level)
+            .min(policy.max_eject_for);
+        let until = now + length.as_millis() as u64;
+        self.ejected_until_ms.store(until, Ordering::Relaxed);
+        // When it comes back it ramps up (with slow start on).
+        self.usable_since_ms.store(until, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.stats.record_ejection();
+        self.changed(
+            State::Ejected,
+            format!("{reason}; ejected for {}s", length.as_secs()),
+        );
+        bump_epoch();
+        length
+    }
+
+    /// Ends an ejection whose time is up; returns whether one ended (for its log line).
+    pub fn end_ejection_if_due(&self, now: u64) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until == 0 || until > now {
+            return false;
+        }
+        if self
+            .ejected_until_ms
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.last_ejection_end_ms.store(until, Ordering::Relaxed);
+        let state = if self.is_healthy() {
+            State::Up
+        } else {
+            State::Down
+        };
+        self.changed(state, "ejection ended".to_string());
+        bump_epoch();
+        true
+    }
+
+    /// When the current ejection ends (monotonic ms), if ejected.
+    pub fn ejected_until(&self, now: u64) -> Option<u64> {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        (until > now).then_some(until)
+    }
+
+    /// Folds one observed upstream latency into the peak-EWMA estimate.
+    pub fn observe_latency(&self, latency: Duration) {
+        let now = now_ms();
+        let sample = latency.as_nanos() as f64;
+        let current = self.latency_estimate_at(now);
+        // Peak sensitive: a slower sample is taken at once, faster ones are averaged in.
+        let next = if sample > current {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed)) as f64;
+            let w = (-elapsed / EWMA_DECAY.as_millis() as f64).exp().max(0.5);
+            current * w + sample * (1.0 - w)
+        };
+        self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.ewma_at_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// The latency estimate in nanoseconds, decayed by the time since it was last fed so that
+    /// an upstream that became slow and lost its traffic is tried again later.
+    pub fn latency_estimate_at(&self, now: u64) -> f64 {
+        let value = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let at = self.ewma_at_ms.load(Ordering::Relaxed);
+        let idle = now.saturating_sub(at) as f64;
+        value * (-idle / (4.0 * EWMA_DECAY.as_millis() as f64)).exp()
+    }
+}
+
+/// The smallest share slow start gives: an upstream coming back takes a little traffic at once.
+const MIN_RAMP: f64 = 0.05;
+
+/// Bumped on every change of usability (health, ejection, admin): selectors that cache a view
+/// of the pool rebuild it when this moves.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+pub fn epoch() -> u64 {
+    EPOCH.load(Ordering::Acquire)
+}
+
+/// Bumped when an admin weight changes: weighted schedules are rebuilt.
+static WEIGHTS: AtomicU64 = AtomicU64::new(1);
+
+pub fn weights_epoch() -> u64 {
+    WEIGHTS.load(Ordering::Acquire)
+}
+
+fn bump_epoch() {
+    EPOCH.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Every upstream's state, by address, for the life of the process.
+#[derive(Default)]
+pub struct Registry {
+    states: Mutex<HashMap<SocketAddr, Arc<UpstreamState>>>,
+    /// Set once the first health round is done: upstreams added later ramp up.
+    serving: AtomicBool,
+    pub retry_budget: crate::retry::RetryBudget,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Registry::default())
+    }
+
+    /// The states of `upstreams`, in order, created where new. Addresses no longer configured
+    /// are forgotten (requests still holding them keep their own reference).
+    pub fn members(&self, upstreams: &[Upstream]) -> Vec<Arc<UpstreamState>> {
+        let ramp = self.serving.load(Ordering::Relaxed);
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let members: Vec<Arc<UpstreamState>> = upstreams
+            .iter()
+            .map(|u| {
+                states
+                    .entry(u.addr)
+                    .or_insert_with(|| Arc::new(UpstreamState::new(u.addr, ramp)))
+                    .clone()
+            })
+            .collect();
+        states.retain(|addr, _| {
+            let kept = upstreams.iter().any(|u| u.addr == *addr);
+            if !kept {
+                crate::stats::metrics().forget_upstream(&addr.to_string());
+            }
+            kept
+        });
+        members
+    }
+
+    pub fn get(&self, addr: &SocketAddr) -> Option<Arc<UpstreamState>> {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+            .cloned()
+    }
+
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> Arc<UpstreamState> {
+        UpstreamState::detached("127.0.0.1:1".parse().unwrap())
+    }
+
+    #[test]
+    fn max_conns_is_a_hard_limit() {
+        let s = state();
+        assert!(s.try_acquire(Some(2)));
+        assert!(s.try_acquire(Some(2)));
+        assert!(!s.try_acquire(Some(2)));
+        s.release();
+        assert!(s.try_acquire(Some(2)));
+        assert_eq!(s.in_flight(), 2);
+    }
+
+    #[test]
+    fn ejection_doubles_and_is_capped() {
+        let s = state();
+        let policy = PassiveHealth {
+            eject_for: Duration::from_secs(10),
+            max_eject_for: Duration::from_secs(25),
+            ..PassiveHealth::default()
+        };
+        assert_eq!(s.eject(&policy, "x"), Duration::from_secs(10));
+        assert_eq!(s.eject(&policy, "x"), Duration::from_secs(20));
+        assert_eq!(s.eject(&policy, "x"), Duration::from_secs(25));
+        assert!(!s.usable(now_ms()));
+        assert_eq!(s.state(now_ms(), Duration::ZERO), State::Ejected);
+    }
+
+    #[test]
+    fn state_precedence() {
+        let s = state();
+        s.set_healthy(false, false, "down");
+        assert_eq!(s.state(now_ms(), Duration::ZERO), State::Down);
+        s.set_admin(AdminState::Draining, "drain");
+        assert_eq!(s.state(now_ms(), Duration::ZERO), State::Draining);
+        s.set_admin(AdminState::Disabled, "off");
+        assert_eq!(s.state(now_ms(), Duration::ZERO), State::Disabled);
+        s.set_admin(AdminState::Enabled, "on");
+        s.set_healthy(true, false, "up");
+        assert_eq!(s.state(now_ms(), Duration::from_secs(30)), State::SlowStart);
+        assert!(s.ramp(now_ms(), Duration::from_secs(30)) < 0.1);
+        assert_eq!(s.state(now_ms(), Duration::ZERO), State::Up);
+    }
+
+    #[test]
+    fn peak_ewma_takes_slow_samples_at_once() {
+        let s = state();
+        s.observe_latency(Duration::from_millis(1));
+        s.observe_latency(Duration::from_millis(50));
+        let estimate = s.latency_estimate_at(now_ms());
+        assert!(estimate > 40e6, "{estimate}");
+    }
+}
