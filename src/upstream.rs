@@ -96,6 +96,8 @@ pub struct CheckState {
 
 /// How quickly the latency estimate forgets (peak-EWMA time constant).
 const EWMA_DECAY: Duration = Duration::from_secs(5);
+/// How quickly the estimate of an upstream that gets no traffic fades.
+const IDLE_DECAY: Duration = Duration::from_secs(1);
 
 /// The live state of one upstream address.
 pub struct UpstreamState {
@@ -420,13 +422,14 @@ impl UpstreamState {
         self.ewma_at_ms.store(now, Ordering::Relaxed);
     }
 
-    /// The latency estimate in nanoseconds, decayed by the time since it was last fed so that
-    /// an upstream that became slow and lost its traffic is tried again later.
+    /// The latency estimate in nanoseconds, decayed by the time since it was last fed: an
+    /// upstream that became slow loses its traffic, so without this it would never be tried
+    /// again. With it, it is probed every few seconds and wins its share back once fast.
     pub fn latency_estimate_at(&self, now: u64) -> f64 {
         let value = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at_ms.load(Ordering::Relaxed);
         let idle = now.saturating_sub(at) as f64;
-        value * (-idle / (4.0 * EWMA_DECAY.as_millis() as f64)).exp()
+        value * (-idle / IDLE_DECAY.as_millis() as f64).exp()
     }
 }
 

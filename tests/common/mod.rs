@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,13 @@ pub struct BackendState {
     pub seen: Mutex<Vec<String>>,
     /// Status answered on `/health` (0 means 200).
     pub health_status: AtomicU16,
+    /// Status answered on every other path (0 means 200).
+    pub status: AtomicU16,
+    /// Extra time taken by every other request, in milliseconds.
+    pub delay_ms: AtomicU64,
+    /// Requests being answered now, and the most ever at once.
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
 }
 
 struct EchoApp {
@@ -84,6 +91,13 @@ impl ServeHttp for EchoApp {
         }
         self.state.requests.fetch_add(1, Ordering::SeqCst);
         self.state.seen.lock().unwrap().push(target.clone());
+        let now = self.state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let delay = self.state.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
         if let Some(ms) = req
             .uri
             .query()
@@ -107,8 +121,12 @@ impl ServeHttp for EchoApp {
                 String::from_utf8_lossy(value.as_bytes())
             ));
         }
+        let status = match self.state.status.load(Ordering::SeqCst) {
+            0 => 200,
+            s => s,
+        };
         http::Response::builder()
-            .status(200)
+            .status(status)
             .header("Content-Type", "text/plain")
             .header("Content-Length", text.len())
             .header("X-Backend", &self.name)
@@ -182,6 +200,16 @@ impl Backend {
 
     pub fn set_health(&self, status: u16) {
         self.state.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers every request (but `/health`) with `status`.
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Takes `ms` longer to answer every request (but `/health`).
+    pub fn set_delay(&self, ms: u64) {
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 }
 
