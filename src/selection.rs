@@ -610,7 +610,13 @@ const MAX_POINTS: u64 = 1 << 20;
 /// N upstreams moves only the keys that were on it (about 1/N).
 struct Ring {
     points: Vec<(u64, u32)>,
+    /// For each value of a hash's top 16 bits, where its points start: a lookup touches one
+    /// small stretch of the ring instead of binary-searching all of it (which, for large
+    /// pools, is a cache miss per step).
+    index: Vec<u32>,
 }
+
+const INDEX_BITS: u32 = 16;
 
 impl Ring {
     fn new(members: &[Member]) -> Self {
@@ -629,12 +635,21 @@ impl Ring {
             }
         }
         points.sort_unstable();
-        Ring { points }
+        let index = (0..1u64 << INDEX_BITS)
+            .map(|b| points.partition_point(|p| p.0 < b << (64 - INDEX_BITS)) as u32)
+            .collect();
+        Ring { points, index }
     }
 
     /// The members met going clockwise from `hash`, starting at its owner.
     fn walk(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
-        let start = self.points.partition_point(|p| p.0 < hash);
+        let bucket = (hash >> (64 - INDEX_BITS)) as usize;
+        let low = self.index[bucket] as usize;
+        let high = self
+            .index
+            .get(bucket + 1)
+            .map_or(self.points.len(), |&i| i as usize);
+        let start = low + self.points[low..high].partition_point(|p| p.0 < hash);
         let n = self.points.len();
         (0..n).map(move |k| self.points[(start + k) % n].1 as usize)
     }
