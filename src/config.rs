@@ -531,6 +531,34 @@ impl Default for HealthCheckConfig {
     }
 }
 
+/// The admin listener: metrics, the upstream API and the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// The bearer token read from `token_file`; when set, every API request must carry it.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// The Apache/nginx combined format plus lb's fields.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The access log: a line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// A file path, or `None` for standard output.
+    pub path: Option<PathBuf>,
+    pub format: AccessLogFormat,
+}
+
 /// The validated `lb:` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbConfig {
@@ -546,9 +574,20 @@ pub struct LbConfig {
     /// How long a newly healthy upstream takes to ramp up to its full weight; zero for at once.
     pub slow_start: Duration,
     pub queue: QueueConfig,
+    /// Off when `None`.
+    pub admin: Option<AdminConfig>,
+    /// Off when `None`.
+    pub access_log: Option<AccessLogSettings>,
 }
 
 impl LbConfig {
+    /// Every address the process listens on: the proxy's and the admin listener's.
+    pub fn all_listeners(&self) -> Vec<SocketAddr> {
+        let mut all = self.listen.clone();
+        all.extend(self.admin.as_ref().map(|a| a.listen));
+        all
+    }
+
     /// A configuration with every default, for `listen` and `upstreams`.
     pub fn with_defaults(listen: Vec<SocketAddr>, upstreams: Vec<Upstream>) -> Self {
         LbConfig {
@@ -562,6 +601,8 @@ impl LbConfig {
             passive_health: PassiveHealth::default(),
             slow_start: Duration::ZERO,
             queue: QueueConfig::default(),
+            admin: None,
+            access_log: None,
         }
     }
 }
@@ -588,6 +629,23 @@ struct RawLb {
     slow_start: Option<DurationValue>,
     #[serde(default)]
     queue: RawQueue,
+    admin: Option<RawAdmin>,
+    access_log: Option<RawAccessLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: String,
+    #[serde(default)]
+    format: AccessLogFormat,
 }
 
 /// `retries: 2` or the block form.
@@ -1098,6 +1156,27 @@ impl RawLb {
             expect_status,
         };
 
+        let admin = self
+            .admin
+            .map(|raw| validate_admin(raw, &listen))
+            .transpose()?;
+        let access_log = match self.access_log {
+            None => None,
+            Some(raw) => {
+                let path = raw.path.trim();
+                if path.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "lb.access_log.path",
+                        "empty: give a file path or \"stdout\"",
+                    ));
+                }
+                Some(AccessLogSettings {
+                    path: (path != "stdout").then(|| PathBuf::from(path)),
+                    format: raw.format,
+                })
+            }
+        };
+
         Ok(LbConfig {
             listen,
             upstreams,
@@ -1109,8 +1188,63 @@ impl RawLb {
             passive_health,
             slow_start: self.slow_start.map_or(Duration::ZERO, |d| d.0),
             queue,
+            admin,
+            access_log,
         })
     }
+}
+
+fn validate_admin(raw: RawAdmin, listen: &[SocketAddr]) -> Result<AdminConfig, ConfigError> {
+    let addr: SocketAddr = raw.listen.trim().parse().map_err(|_| {
+        ConfigError::invalid(
+            "lb.admin.listen",
+            format!(
+                "invalid address `{}`: write ip:port, e.g. 127.0.0.1:9901",
+                raw.listen
+            ),
+        )
+    })?;
+    if listen.contains(&addr) {
+        return Err(ConfigError::invalid(
+            "lb.admin.listen",
+            format!("{addr} is also in lb.listen: the admin listener needs its own address"),
+        ));
+    }
+    let token = match &raw.token_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(
+                    "lb.admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let token = text.trim().to_string();
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::invalid(
+                    "lb.admin.token_file",
+                    format!(
+                        "{} must hold one token of at least 16 characters without spaces",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(token)
+        }
+    };
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "lb.admin.token_file",
+            format!(
+                "required: the admin listener {addr} is not a loopback address, so it needs a token"
+            ),
+        ));
+    }
+    Ok(AdminConfig {
+        listen: addr,
+        token,
+        token_file: raw.token_file,
+    })
 }
 
 fn failure_set(list: Option<Vec<FailureValue>>, default: FailureSet) -> FailureSet {

@@ -124,7 +124,12 @@ pub fn upgrade(path: &Path, binary: Option<&Path>) -> Result<String, ControlErro
         .filter(|s| s.pid == old)
         .map(|s| s.listen)
         .unwrap_or_default();
-    for addr in config.lb.listen.iter().filter(|a| !inherited.contains(a)) {
+    for addr in config
+        .lb
+        .all_listeners()
+        .iter()
+        .filter(|a| !inherited.contains(a))
+    {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(ControlError::ListenClash {
                 addr: *addr,

@@ -82,7 +82,7 @@ fn run(mut cli: Cli, path: &str) -> Result<(), String> {
             }
             Err(_) => {}
         }
-        lb::server::check_listen(&config.lb.listen).map_err(|e| e.to_string())?;
+        lb::server::check_listen(&config.lb.all_listeners()).map_err(|e| e.to_string())?;
         if !config.server.daemon && !cli.server.daemon {
             // A daemon gets its pid file from pingora after forking.
             files

@@ -146,14 +146,14 @@ impl ReloadService {
         let files = InstanceFiles::new(&config.server.pid_file);
         let status = Status {
             config: config_path.clone(),
-            listen: config.lb.listen.clone(),
+            listen: config.lb.all_listeners(),
             ..Status::default()
         };
         ReloadService {
             routing,
             config_path,
             started_server: server_value(&config.server),
-            started_listen: config.lb.listen.clone(),
+            started_listen: config.lb.all_listeners(),
             files,
             status: Mutex::new(status),
         }
@@ -182,8 +182,10 @@ impl ReloadService {
                 "pingora server settings ({changed})"
             )));
         }
-        if config.lb.listen != self.started_listen {
-            return Err(ReloadError::NeedsUpgrade("lb.listen".to_string()));
+        if config.lb.all_listeners() != self.started_listen {
+            return Err(ReloadError::NeedsUpgrade(
+                "lb.listen or lb.admin.listen".to_string(),
+            ));
         }
         let current = self.routing.load_full();
         let next = Routing::new(config.lb, current.registry.clone());

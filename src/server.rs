@@ -9,7 +9,9 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::services::listening::Service;
 
+use crate::admin::AdminApp;
 use crate::config::{server_defaults, Config};
 use crate::health::HealthService;
 use crate::instance::InstanceFiles;
@@ -61,9 +63,10 @@ pub fn build(mut opt: Opt, config: Config, config_path: Option<PathBuf>) -> Serv
     }
 
     let in_flight = InFlight::default();
+    let admin_listen = config.lb.admin.as_ref().map(|a| a.listen);
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        LbProxy::new(routing, in_flight.clone()),
+        LbProxy::new(routing.clone(), in_flight.clone()),
         "lb proxy",
     );
     for addr in &listen {
@@ -72,6 +75,16 @@ pub fn build(mut opt: Opt, config: Config, config_path: Option<PathBuf>) -> Serv
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&bootstrap);
     proxy.add_dependency(&health);
+
+    if let Some(addr) = admin_listen {
+        let mut admin = Service::new(
+            "admin".to_string(),
+            AdminApp::new(routing, in_flight.clone()),
+        );
+        admin.add_tcp(&addr.to_string());
+        let admin = server.add_service(admin);
+        admin.add_dependency(&bootstrap);
+    }
 
     let lifecycle = server.add_service(background_service(
         "lifecycle",

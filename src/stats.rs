@@ -35,6 +35,13 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub reloads: IntCounterVec,
     pub access_log_dropped: IntGauge,
+    pub process_resident_memory: IntGauge,
+    pub process_virtual_memory: IntGauge,
+    pub process_cpu_seconds: prometheus::Counter,
+    pub process_open_fds: IntGauge,
+    pub process_max_fds: IntGauge,
+    pub process_threads: IntGauge,
+    pub process_start_time: prometheus::Gauge,
 }
 
 /// Latency buckets (seconds) shared by the histograms: 0.5 ms to 30 s.
@@ -98,7 +105,33 @@ impl Metrics {
             "Retries not made because the retry budget was spent.",
         ));
         must(registry.register(Box::new(retries_denied_by_budget.clone())));
+        let process_cpu_seconds = must(prometheus::Counter::new(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+        ));
+        must(registry.register(Box::new(process_cpu_seconds.clone())));
+        let process_start_time = must(prometheus::Gauge::new(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+        ));
+        must(registry.register(Box::new(process_start_time.clone())));
         Metrics {
+            process_resident_memory: single(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            ),
+            process_virtual_memory: single(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            ),
+            process_cpu_seconds,
+            process_open_fds: single("process_open_fds", "Number of open file descriptors."),
+            process_max_fds: single(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+            ),
+            process_threads: single("process_threads", "Number of OS threads in the process."),
+            process_start_time,
             upstream_requests: counter(
                 "lb_upstream_requests_total",
                 "Attempts sent to an upstream (a retried request counts once per upstream).",

@@ -1,0 +1,419 @@
+//! The admin listener: Prometheus metrics, the upstream API and the status page.
+//!
+//! It is a pingora listening service of its own (so `lb upgrade` hands its socket over like
+//! the proxy's). Everything it shows is read from the live [`crate::upstream::UpstreamState`]s
+//! of the current routing, and everything it changes is written there, so admin actions take
+//! effect on the next pick and survive in-place reloads.
+//!
+//! With a token configured every API request needs `Authorization: Bearer <token>`; without
+//! one the listener must be on a loopback address (checked when the config is loaded).
+
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+
+use crate::config::MAX_WEIGHT;
+use crate::lifecycle::InFlight;
+use crate::reload::{Routing, SharedRouting};
+use crate::selection::Member;
+use crate::stats::{metrics, STATUS_CLASSES};
+use crate::upstream::{now_ms, AdminState, ALL_STATES};
+
+mod process;
+
+/// The status page, embedded in the binary.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 4096;
+
+/// The admin HTTP application.
+pub struct AdminApp {
+    routing: SharedRouting,
+    in_flight: InFlight,
+    started: Instant,
+}
+
+impl AdminApp {
+    pub fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
+        AdminApp {
+            routing,
+            in_flight,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// An API answer before it is turned into an HTTP response.
+struct Answer {
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(status: StatusCode, value: &Value) -> Self {
+        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+        body.push(b'\n');
+        Answer {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    fn error(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::json(status, &json!({ "error": message.into() }))
+    }
+
+    fn text(content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Answer {
+            status: StatusCode::OK,
+            content_type,
+            body: body.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut too_large = false;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            if body.len() + chunk.len() > MAX_BODY {
+                too_large = true;
+            } else {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let answer = if too_large {
+            Answer::error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+        } else {
+            self.route(&method, &path, authorization.as_deref(), &body)
+        };
+        Response::builder()
+            .status(answer.status)
+            .header(http::header::CONTENT_TYPE, answer.content_type)
+            .header(http::header::CONTENT_LENGTH, answer.body.len())
+            .header(http::header::CACHE_CONTROL, "no-store")
+            .header("X-Content-Type-Options", "nosniff")
+            .body(answer.body)
+            .unwrap_or_default()
+    }
+}
+
+impl AdminApp {
+    fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> Answer {
+        let routing = self.routing.load_full();
+        // The page itself holds no data; everything else needs the token when one is set.
+        if path == "/" || path == "/index.html" {
+            return match *method {
+                Method::GET | Method::HEAD => Answer::text("text/html; charset=utf-8", STATUS_PAGE),
+                _ => method_not_allowed(),
+            };
+        }
+        if let Some(expected) = routing.config.admin.as_ref().and_then(|a| a.token.as_ref()) {
+            let given = authorization
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+                log::warn!("admin: {method} {path} refused: missing or wrong token");
+                return Answer::error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong token: send Authorization: Bearer <token>",
+                );
+            }
+        }
+        match path {
+            "/metrics" => match *method {
+                Method::GET | Method::HEAD => Answer::text(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics_text(&routing),
+                ),
+                _ => method_not_allowed(),
+            },
+            "/api/upstreams" => match *method {
+                Method::GET | Method::HEAD => {
+                    Answer::json(StatusCode::OK, &self.overview(&routing))
+                }
+                _ => method_not_allowed(),
+            },
+            _ => match path.strip_prefix("/api/upstreams/") {
+                Some(rest) => self.upstream_route(&routing, method, rest, body),
+                None => Answer::error(StatusCode::NOT_FOUND, format!("no such page: {path}")),
+            },
+        }
+    }
+
+    /// `/api/upstreams/{addr}[/action]`.
+    fn upstream_route(
+        &self,
+        routing: &Routing,
+        method: &Method,
+        rest: &str,
+        body: &[u8],
+    ) -> Answer {
+        let (addr_text, action) = match rest.rsplit_once('/') {
+            Some((addr, action)) => (addr, Some(action)),
+            None => (rest, None),
+        };
+        let addr_text = percent_decode(addr_text);
+        let Some(member) = find_member(routing, &addr_text) else {
+            return Answer::error(
+                StatusCode::NOT_FOUND,
+                format!("no upstream {addr_text} in the current configuration"),
+            );
+        };
+        let now = now_ms();
+        let state = &member.state;
+        match (method.clone(), action) {
+            (Method::GET, None) => {
+                Answer::json(StatusCode::OK, &upstream_json(routing, member, now))
+            }
+            (Method::POST, Some(action @ ("drain" | "disable" | "enable"))) => {
+                let (admin, verb) = match action {
+                    "drain" => (AdminState::Draining, "draining"),
+                    "disable" => (AdminState::Disabled, "disabled"),
+                    _ => (AdminState::Enabled, "enabled"),
+                };
+                let reason = format!("{verb} through the admin API");
+                if state.set_admin(admin, &reason) {
+                    log::warn!(
+                        "upstream {} is {} through the admin API ({} in flight)",
+                        member.upstream.addr,
+                        verb.to_uppercase(),
+                        state.in_flight()
+                    );
+                }
+                Answer::json(StatusCode::OK, &upstream_json(routing, member, now))
+            }
+            (Method::PUT, Some("weight")) => {
+                let weight = serde_json::from_slice::<Value>(body)
+                    .map_err(|e| format!("body is not JSON: {e}"))
+                    .and_then(|v| match v.get("weight") {
+                        Some(Value::Null) => Ok(None),
+                        Some(w) => w
+                            .as_u64()
+                            .filter(|w| (1..=MAX_WEIGHT as u64).contains(w))
+                            .map(|w| Some(w as usize))
+                            .ok_or_else(|| {
+                                format!("weight must be a whole number from 1 to {MAX_WEIGHT}, or null for the configured one")
+                            }),
+                        None => Err("expected {\"weight\": N}".to_string()),
+                    });
+                match weight {
+                    Err(reason) => Answer::error(StatusCode::BAD_REQUEST, reason),
+                    Ok(weight) => {
+                        state.set_weight_override(weight);
+                        log::warn!(
+                            "upstream {} weight set to {} through the admin API",
+                            member.upstream.addr,
+                            state.weight(member.upstream.weight)
+                        );
+                        Answer::json(StatusCode::OK, &upstream_json(routing, member, now))
+                    }
+                }
+            }
+            (_, Some("drain" | "disable" | "enable" | "weight")) | (_, None) => {
+                method_not_allowed()
+            }
+            (_, Some(other)) => Answer::error(
+                StatusCode::NOT_FOUND,
+                format!("unknown action `{other}`: drain, disable, enable or weight"),
+            ),
+        }
+    }
+
+    /// `GET /api/upstreams`.
+    fn overview(&self, routing: &Routing) -> Value {
+        let now = now_ms();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "selection": routing.config.selection.to_string(),
+            "now": rfc3339(SystemTime::now()),
+            "in_flight": self.in_flight.count(),
+            "upstreams": routing
+                .pool
+                .members
+                .iter()
+                .map(|m| upstream_json(routing, m, now))
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    /// `GET /metrics`: the gauges are brought up to date, then everything is rendered.
+    fn metrics_text(&self, routing: &Routing) -> String {
+        let m = metrics();
+        let now = now_ms();
+        for member in &routing.pool.members {
+            let addr = member.upstream.addr.to_string();
+            let state = &member.state;
+            m.upstream_in_flight
+                .with_label_values(&[&addr])
+                .set(state.in_flight() as i64);
+            m.upstream_weight
+                .with_label_values(&[&addr])
+                .set(state.weight(member.upstream.weight) as i64);
+            let current = state.state(now, routing.config.slow_start);
+            for s in ALL_STATES {
+                m.upstream_state
+                    .with_label_values(&[&addr, s.as_str()])
+                    .set(i64::from(s == current));
+            }
+        }
+        m.in_flight.set(self.in_flight.count() as i64);
+        process::update();
+        m.render()
+    }
+}
+
+fn method_not_allowed() -> Answer {
+    Answer::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}
+
+/// The member whose address (or name as configured) is `text`.
+fn find_member<'a>(routing: &'a Routing, text: &str) -> Option<&'a Member> {
+    let parsed: Option<SocketAddr> = text.parse().ok();
+    routing
+        .pool
+        .members
+        .iter()
+        .find(|m| Some(m.upstream.addr) == parsed || m.upstream.name == text)
+}
+
+/// One upstream as the API shows it.
+fn upstream_json(routing: &Routing, member: &Member, now: u64) -> Value {
+    let state = &member.state;
+    let current = state.state(now, routing.config.slow_start);
+    let change = state.last_change();
+    let totals = state.stats.totals();
+    let recent = state.stats.recent();
+    let last_check = state
+        .last_check
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let responses: serde_json::Map<String, Value> = STATUS_CLASSES
+        .iter()
+        .zip(totals.responses)
+        .map(|(class, n)| (class.to_string(), json!(n)))
+        .collect();
+    let in_flight = state.in_flight();
+    json!({
+        "addr": member.upstream.addr.to_string(),
+        "name": member.upstream.name,
+        "backup": member.upstream.backup,
+        "weight": state.weight(member.upstream.weight),
+        "configured_weight": member.upstream.weight,
+        "max_conns": member.upstream.max_conns,
+        "state": current.as_str(),
+        "drained": current.as_str() == "draining" && in_flight == 0,
+        "reason": change.reason,
+        "since": rfc3339(change.at),
+        "last_check": last_check.map(|c| json!({
+            "ok": c.ok,
+            "at": rfc3339(c.at),
+            "detail": c.detail,
+        })),
+        "in_flight": in_flight,
+        "requests_total": totals.requests,
+        "failures_total": totals.failures,
+        "retries_total": totals.retries,
+        "ejections_total": totals.ejections,
+        "responses": responses,
+        "rps": round(recent.rps, 2),
+        "error_rate": round(recent.error_rate, 4),
+        "latency_p50_ms": recent.p50_ms.map(|v| round(v, 3)),
+        "latency_p99_ms": recent.p99_ms.map(|v| round(v, 3)),
+        "history": {
+            "rps": recent.rps_history,
+            "latency_p99_ms": recent.p99_history.iter().map(|v| v.map(|v| round(v, 3))).collect::<Vec<_>>(),
+        },
+    })
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (v * scale).round() / scale
+}
+
+/// A time as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// Decodes `%XX` escapes (an address in a URL path may have its `:` or `[` `]` escaped).
+fn percent_decode(text: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(high), Some(low)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(high * 16 + low);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess was
+/// right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_in_paths_are_decoded() {
+        assert_eq!(percent_decode("127.0.0.1%3A8081"), "127.0.0.1:8081");
+        assert_eq!(percent_decode("%5B%3A%3A1%5D%3A80"), "[::1]:80");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}
