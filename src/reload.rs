@@ -137,6 +137,7 @@ pub struct ReloadService {
     /// needs new sockets or a new process.
     started_server: serde_yaml::Value,
     started_listen: Vec<SocketAddr>,
+    started_proxy_listen: Vec<SocketAddr>,
     files: InstanceFiles,
     status: Mutex<Status>,
 }
@@ -154,6 +155,7 @@ impl ReloadService {
             config_path,
             started_server: server_value(&config.server),
             started_listen: config.lb.all_listeners(),
+            started_proxy_listen: config.lb.listen.clone(),
             files,
             status: Mutex::new(status),
         }
@@ -183,9 +185,12 @@ impl ReloadService {
             )));
         }
         if config.lb.all_listeners() != self.started_listen {
-            return Err(ReloadError::NeedsUpgrade(
-                "lb.listen or lb.admin.listen".to_string(),
-            ));
+            let key = if self.started_proxy_listen == config.lb.listen {
+                "lb.admin.listen"
+            } else {
+                "lb.listen"
+            };
+            return Err(ReloadError::NeedsUpgrade(key.to_string()));
         }
         let current = self.routing.load_full();
         let next = Routing::new(config.lb, current.registry.clone());
