@@ -144,5 +144,5 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
         server,
         lb: LbConfig::with_defaults(vec![listen], upstreams),
     };
-    crate::server::build(Opt::default(), config, None).run_forever()
+    crate::server::build(Opt::default(), config, None)?.run_forever()
 }

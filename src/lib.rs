@@ -8,6 +8,7 @@
 //! let `lb reload|upgrade|stop` find and drive a running instance, [`demo`] is the built-in
 //! demo, [`cli`] the command line.
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -12,7 +12,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::instance::InstanceFiles;
-use crate::reload::ReloadService;
+use crate::reload::{ReloadService, SharedRouting};
 
 /// The environment variable through which `lb upgrade` asks the new process to report progress.
 pub const READY_FILE_ENV: &str = "LB_UPGRADE_READY_FILE";
@@ -78,6 +78,8 @@ pub struct LifecycleService {
     reload: Option<Arc<ReloadService>>,
     in_flight: InFlight,
     grace: Duration,
+    /// For the access log, written out before the process exits.
+    routing: SharedRouting,
 }
 
 impl LifecycleService {
@@ -86,12 +88,14 @@ impl LifecycleService {
         reload: Option<Arc<ReloadService>>,
         in_flight: InFlight,
         grace: Duration,
+        routing: SharedRouting,
     ) -> Self {
         LifecycleService {
             files,
             reload,
             in_flight,
             grace,
+            routing,
         }
     }
 }
@@ -137,6 +141,9 @@ impl BackgroundService for LifecycleService {
             }
         }
         log::info!("graceful shutdown: all requests finished, exiting");
+        if let Some(access_log) = &self.routing.load().access_log {
+            access_log.flush(Duration::from_secs(2));
+        }
         self.files.remove_if_ours();
         std::process::exit(0);
     }

@@ -91,7 +91,9 @@ fn run(mut cli: Cli, path: &str) -> Result<(), String> {
         }
     }
     let config_path = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
-    lb::server::build(cli.server, config, Some(config_path)).run(Default::default());
+    lb::server::build(cli.server, config, Some(config_path))
+        .map_err(|e| e.to_string())?
+        .run(Default::default());
     files.remove_if_ours();
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::access_log::AccessEntry;
 use crate::config::{HashKey, Selection};
 use crate::lifecycle::{InFlight, InFlightGuard};
 use crate::reload::{Routing, SharedRouting};
@@ -443,9 +444,39 @@ impl ProxyHttp for LbProxy {
             None => "none",
         };
         metrics.requests.with_label_values(&[class]).inc();
-        metrics
-            .request_duration
-            .observe(ctx.started.elapsed().as_secs_f64());
+        let total_time = ctx.started.elapsed();
+        metrics.request_duration.observe(total_time.as_secs_f64());
+        if let Some(access_log) = &ctx.routing.access_log {
+            let req = session.req_header();
+            let header = |name: http::header::HeaderName| {
+                req.headers.get(name).and_then(|v| v.to_str().ok())
+            };
+            let target = req
+                .uri
+                .path_and_query()
+                .map_or_else(|| req.uri.path(), |p| p.as_str());
+            let version = format!("{:?}", req.version);
+            access_log.log(&AccessEntry {
+                time: SystemTime::now()
+                    .checked_sub(total_time)
+                    .unwrap_or_else(SystemTime::now),
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: req.method.as_str(),
+                target,
+                version: &version,
+                status: status.unwrap_or(0),
+                bytes: session.body_bytes_sent() as u64,
+                referer: header(header::REFERER),
+                user_agent: header(header::USER_AGENT),
+                upstream: ctx.tried.last().copied(),
+                upstream_time: ctx.upstream_time,
+                total_time,
+                retries: ctx.retries,
+            });
+        }
         if let Some(e) = e {
             log::debug!(
                 "{} failed after trying {:?}: {e}",

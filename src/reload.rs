@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, LbConfig, Upstream};
 use crate::health;
 use crate::instance::{InstanceFiles, Status};
@@ -30,14 +31,28 @@ pub struct Routing {
     pub registry: Arc<Registry>,
     /// Whether active checks are on.
     checked: bool,
+    /// Off when `None`.
+    pub access_log: Option<AccessLog>,
 }
 
 /// The current routing, replaced as a whole on reload.
 pub type SharedRouting = Arc<ArcSwap<Routing>>;
 
 impl Routing {
-    /// Builds the routing for `config`. Upstreams already in `registry` keep their state.
-    pub fn new(config: LbConfig, registry: Arc<Registry>) -> Self {
+    /// Builds the routing for `config`. Upstreams already in `registry` keep their state;
+    /// `previous` lends its access log when that is configured the same.
+    pub fn new(
+        config: LbConfig,
+        registry: Arc<Registry>,
+        previous: Option<&Routing>,
+    ) -> std::io::Result<Self> {
+        let access_log = match &config.access_log {
+            None => None,
+            Some(settings) => match previous.and_then(|p| p.access_log.as_ref()) {
+                Some(log) if log.settings() == settings => Some(log.clone()),
+                _ => Some(AccessLog::open(settings)?),
+            },
+        };
         let states = registry.members(&config.upstreams);
         let check = health::build_check(&config.health_check, &states);
         if check.is_none() {
@@ -47,12 +62,13 @@ impl Routing {
         }
         let checked = check.is_some();
         let pool = Pool::new(&config, &registry, check);
-        Routing {
+        Ok(Routing {
             config,
             pool,
             registry,
             checked,
-        }
+            access_log,
+        })
     }
 
     pub fn shared(self) -> SharedRouting {
@@ -127,6 +143,8 @@ pub enum ReloadError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0} changed: that needs `lb upgrade`; nothing was changed")]
     NeedsUpgrade(String),
+    #[error("lb.access_log.path: cannot open {0}; nothing was changed")]
+    AccessLog(String),
 }
 
 /// Re-reads the configuration on SIGHUP and applies what can change in place.
@@ -193,7 +211,8 @@ impl ReloadService {
             return Err(ReloadError::NeedsUpgrade(key.to_string()));
         }
         let current = self.routing.load_full();
-        let next = Routing::new(config.lb, current.registry.clone());
+        let next = Routing::new(config.lb, current.registry.clone(), Some(&current))
+            .map_err(|e| ReloadError::AccessLog(e.to_string()))?;
         // Settle the new upstream set before it takes traffic: kept upstreams keep their
         // state, new ones get their first check now.
         next.check_round().await;
@@ -204,6 +223,10 @@ impl ReloadService {
 
     async fn handle_reload(&self) {
         let outcome = self.reload().await;
+        crate::stats::metrics()
+            .reloads
+            .with_label_values(&[if outcome.is_ok() { "ok" } else { "refused" }])
+            .inc();
         match &outcome {
             Ok(summary) => log::info!("reloaded {}: {summary}", self.config_path.display()),
             Err(e) => log::error!("reload of {} refused: {e}", self.config_path.display()),
@@ -232,7 +255,21 @@ impl BackgroundService for ReloadService {
                     return;
                 }
             };
+        let mut reopens =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::error!("cannot listen for SIGUSR1, log reopening is unavailable: {e}");
+                    None
+                }
+            };
         loop {
+            let reopen = async {
+                match reopens.as_mut() {
+                    Some(signals) => signals.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 received = hangups.recv() => {
                     if received.is_none() {
@@ -240,6 +277,12 @@ impl BackgroundService for ReloadService {
                     }
                     log::info!("SIGHUP received: reloading {}", self.config_path.display());
                     self.handle_reload().await;
+                }
+                Some(()) = reopen => {
+                    if let Some(log) = &self.routing.load().access_log {
+                        log::info!("SIGUSR1 received: reopening the access log");
+                        log.reopen();
+                    }
                 }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {

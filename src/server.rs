@@ -25,6 +25,8 @@ use crate::upstream::Registry;
 pub enum StartError {
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    #[error("lb.access_log.path: cannot open {0}")]
+    AccessLog(String),
 }
 
 /// Builds the server. The services start in this order:
@@ -35,7 +37,11 @@ pub enum StartError {
 ///
 /// `opt` carries pingora's command-line flags (`-u`, `-d`); the file was read into `config`
 /// already. `config_path`, when given, is re-read on SIGHUP.
-pub fn build(mut opt: Opt, config: Config, config_path: Option<PathBuf>) -> Server {
+pub fn build(
+    mut opt: Opt,
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> Result<Server, StartError> {
     opt.conf = None;
     let files = InstanceFiles::new(&config.server.pid_file);
     let grace = Duration::from_secs(
@@ -44,7 +50,9 @@ pub fn build(mut opt: Opt, config: Config, config_path: Option<PathBuf>) -> Serv
             .grace_period_seconds
             .unwrap_or(server_defaults::GRACE_PERIOD_SECONDS),
     );
-    let routing = Routing::new(config.lb.clone(), Registry::new()).shared();
+    let routing = Routing::new(config.lb.clone(), Registry::new(), None)
+        .map_err(|e| StartError::AccessLog(e.to_string()))?
+        .shared();
     let reload =
         config_path.map(|path| Arc::new(ReloadService::new(routing.clone(), path, &config)));
     let listen = config.lb.listen.clone();
@@ -64,6 +72,7 @@ pub fn build(mut opt: Opt, config: Config, config_path: Option<PathBuf>) -> Serv
 
     let in_flight = InFlight::default();
     let admin_listen = config.lb.admin.as_ref().map(|a| a.listen);
+    let routing_for_exit = routing.clone();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         LbProxy::new(routing.clone(), in_flight.clone()),
@@ -88,10 +97,10 @@ pub fn build(mut opt: Opt, config: Config, config_path: Option<PathBuf>) -> Serv
 
     let lifecycle = server.add_service(background_service(
         "lifecycle",
-        LifecycleService::new(files, reload, in_flight, grace),
+        LifecycleService::new(files, reload, in_flight, grace, routing_for_exit),
     ));
     lifecycle.add_dependency(&proxy);
-    server
+    Ok(server)
 }
 
 /// Buffers of client connections, sized by bench/ (pingora's defaults: 64 KiB read, 1460 bytes

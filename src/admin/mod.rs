@@ -284,6 +284,9 @@ impl AdminApp {
             }
         }
         m.in_flight.set(self.in_flight.count() as i64);
+        if let Some(log) = &routing.access_log {
+            m.access_log_dropped.set(log.dropped() as i64);
+        }
         process::update();
         m.render()
     }
