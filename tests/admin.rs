@@ -386,11 +386,7 @@ fn token_missing_or_wrong_is_401_and_changes_nothing() {
 
 #[test]
 fn admin_changes_survive_a_reload() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::three();
     let (lb, admin) = start(&[a.addr.to_string(), b.addr.to_string()], "", false);
     call(
         admin,

@@ -70,11 +70,7 @@ fn hammer(addr: SocketAddr, threads: usize, per_thread: usize) -> (HashMap<Strin
 
 #[test]
 fn smooth_weighted_round_robin_interleaves() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::three();
     let lb = Lb::start(
         &[
             long(a.addr, ", weight: 5"),
@@ -117,11 +113,7 @@ fn random_follows_the_weights() {
 #[test]
 fn least_conn_and_p2c_ewma_spread_evenly_over_equal_backends() {
     for selection in ["least_conn", "p2c_ewma"] {
-        let (a, b, c) = (
-            Backend::start("a"),
-            Backend::start("b"),
-            Backend::start("c"),
-        );
+        let (a, b, c) = Backend::three();
         let lb = Lb::start(
             &[a.addr.to_string(), b.addr.to_string(), c.addr.to_string()],
             &format!("  selection: {selection}\n"),
@@ -179,11 +171,7 @@ fn slow_backend_gets_a_small_share_under_least_conn_and_p2c_ewma() {
 
 #[test]
 fn p2c_ewma_gives_a_recovered_backend_its_share_back() {
-    let (a, b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, b, c) = Backend::three();
     let lb = Lb::start(
         &[a.addr.to_string(), b.addr.to_string(), c.addr.to_string()],
         "  selection: p2c_ewma\n",
@@ -289,11 +277,7 @@ fn ejection_never_exceeds_max_ejected_percent() {
 
 #[test]
 fn backup_serves_only_while_no_primary_is_usable() {
-    let (mut a, mut b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (mut a, mut b, c) = Backend::three();
     let lb = Lb::start(
         &[
             a.addr.to_string(),

@@ -32,11 +32,7 @@ fn screenshot_path(name: &str) -> PathBuf {
 
 #[test]
 fn status_page_shows_live_states_in_a_real_browser() {
-    let (a, mut b, c) = (
-        Backend::start("a"),
-        Backend::start("b"),
-        Backend::start("c"),
-    );
+    let (a, mut b, c) = Backend::three();
     let dir = TempDir::new();
     let token_file = dir.0.join("admin.token");
     std::fs::write(&token_file, TOKEN).unwrap();

@@ -176,6 +176,15 @@ impl Backend {
         self.task = Some(self.runtime.spawn(lb::demo::serve_http(listener, app)));
     }
 
+    /// Three backends named a, b and c.
+    pub fn three() -> (Backend, Backend, Backend) {
+        (
+            Backend::start("a"),
+            Backend::start("b"),
+            Backend::start("c"),
+        )
+    }
+
     /// Stops listening and closes every open connection, like a crashed server.
     pub fn kill(&mut self) {
         if let Some(task) = self.task.take() {
