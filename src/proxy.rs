@@ -94,7 +94,7 @@ impl RequestCtx {
     }
 
     /// Counts the end of the current attempt: stats, passive health, latency estimate.
-    fn record_attempt(&mut self, outcome: Outcome, what: &str) {
+    fn record_attempt(&mut self, outcome: Outcome, what: impl FnOnce() -> String) {
         if std::mem::replace(&mut self.attempt_recorded, true) {
             return;
         }
@@ -117,7 +117,7 @@ impl RequestCtx {
             Outcome::Reset => passive.reset(),
         };
         if failed {
-            self.routing.note_failure(state, what);
+            self.routing.note_failure(state, &what());
         } else {
             state.record_success();
         }
@@ -152,6 +152,17 @@ impl LbProxy {
             Selection::ConsistentHash => request_hash(session, &routing.config.hash_key),
             _ => 0,
         };
+        // The common case: an upstream is free at once.
+        match pool.pick(hash, &ctx.tried) {
+            Pick::Got(lease) => return Ok(lease),
+            Pick::Empty if ctx.tried.is_empty() => {
+                return Error::e_explain(NO_HEALTHY_UPSTREAM, "no healthy upstream")
+            }
+            Pick::Empty => {
+                return Error::e_explain(NO_UPSTREAM_LEFT, "every healthy upstream failed")
+            }
+            Pick::Busy => {}
+        }
         let mut place = None;
         let deadline = Instant::now() + routing.config.queue.timeout;
         loop {
@@ -313,7 +324,7 @@ impl ProxyHttp for LbProxy {
             return Ok(());
         }
         ctx.upstream_time = ctx.attempt_started.map(|t| t.elapsed());
-        ctx.record_attempt(Outcome::Response(status), &format!("HTTP {status}"));
+        ctx.record_attempt(Outcome::Response(status), || format!("HTTP {status}"));
         // An answer `retries.on` names is dropped and the request goes elsewhere, if that is
         // safe: nothing of it has reached the client yet.
         if ctx.routing.config.retries.on.status(status)
@@ -343,7 +354,7 @@ impl ProxyHttp for LbProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let reason = crate::health::describe(&e);
-        ctx.record_attempt(Outcome::Connect, &format!("connect: {reason}"));
+        ctx.record_attempt(Outcome::Connect, || format!("connect: {reason}"));
         // Nothing of the request reached the upstream, so any request may go elsewhere.
         if ctx.routing.config.retries.on.connect_failure() && ctx.may_retry() {
             ctx.count_retry();
@@ -381,11 +392,10 @@ impl ProxyHttp for LbProxy {
             e.set_retry(false);
             return e;
         };
-        let what = match outcome {
+        ctx.record_attempt(outcome, || match outcome {
             Outcome::Timeout => "timeout".to_string(),
             _ => format!("connection broken: {}", crate::health::describe(&e)),
-        };
-        ctx.record_attempt(outcome, &what);
+        });
         // A request may be repeated on another upstream only if repeating it is safe: an
         // idempotent method whose whole body we still hold, and no response started towards
         // the client.
@@ -439,11 +449,7 @@ impl ProxyHttp for LbProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map(|r| r.status.as_u16());
         let metrics = crate::stats::metrics();
-        let class = match status {
-            Some(s) => crate::stats::STATUS_CLASSES[(s / 100).clamp(1, 5) as usize - 1],
-            None => "none",
-        };
-        metrics.requests.with_label_values(&[class]).inc();
+        metrics.count_request(status);
         let total_time = ctx.started.elapsed();
         metrics.request_duration.observe(total_time.as_secs_f64());
         if let Some(access_log) = &ctx.routing.access_log {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures::FutureExt;
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::selection::RoundRobin;
@@ -183,8 +184,8 @@ struct Tier {
 }
 
 enum Picker {
-    RoundRobin(Mutex<Arc<Schedule>>),
-    Random(Mutex<Arc<Schedule>>),
+    RoundRobin(ArcSwap<Schedule>),
+    Random(ArcSwap<Schedule>),
     LeastConn(Mutex<MinTree>),
     P2cEwma,
     ConsistentHash(Ring),
@@ -199,9 +200,9 @@ impl Tier {
     ) -> Self {
         let picker = match config.selection {
             Selection::RoundRobin => {
-                Picker::RoundRobin(Mutex::new(Arc::new(Schedule::new(&members))))
+                Picker::RoundRobin(ArcSwap::from_pointee(Schedule::new(&members)))
             }
-            Selection::Random => Picker::Random(Mutex::new(Arc::new(Schedule::new(&members)))),
+            Selection::Random => Picker::Random(ArcSwap::from_pointee(Schedule::new(&members))),
             Selection::LeastConn => Picker::LeastConn(Mutex::new(MinTree::new(members.len()))),
             Selection::P2cEwma => Picker::P2cEwma,
             Selection::ConsistentHash => Picker::ConsistentHash(Ring::new(&members)),
@@ -381,12 +382,14 @@ impl Tier {
     }
 
     /// The weighted schedule, rebuilt if an admin weight changed since it was made.
-    fn current_schedule(&self, slot: &Mutex<Arc<Schedule>>) -> Arc<Schedule> {
-        let mut current = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if current.weights != upstream::weights_epoch() {
-            *current = Arc::new(Schedule::new(&self.members));
+    fn current_schedule(&self, slot: &ArcSwap<Schedule>) -> Arc<Schedule> {
+        let current = slot.load_full();
+        if current.weights == upstream::weights_epoch() {
+            return current;
         }
-        current.clone()
+        let rebuilt = Arc::new(Schedule::new(&self.members));
+        slot.store(rebuilt.clone());
+        rebuilt
     }
 
     /// A request let go of `index`: selectors that track load hear of it, and so does a

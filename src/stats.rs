@@ -26,8 +26,9 @@ pub struct Metrics {
     pub upstream_in_flight: IntGaugeVec,
     pub upstream_state: IntGaugeVec,
     pub upstream_weight: IntGaugeVec,
-    /// Whole requests as the client saw them.
-    pub requests: IntCounterVec,
+    /// Whole requests as the client saw them, by status class (and "none" last), resolved
+    /// once so that counting is one atomic add.
+    requests: [IntCounter; 6],
     pub request_duration: Histogram,
     pub retries_denied_by_budget: IntCounter,
     pub queue_rejected: IntCounterVec,
@@ -173,11 +174,14 @@ impl Metrics {
                 "The weight in force for an upstream.",
                 &["upstream"],
             ),
-            requests: counter(
-                "lb_requests_total",
-                "Client requests answered, by status class (\"none\" when no response was sent).",
-                &["class"],
-            ),
+            requests: {
+                let vec = counter(
+                    "lb_requests_total",
+                    "Client requests answered, by status class (\"none\" when no response was sent).",
+                    &["class"],
+                );
+                ["1xx", "2xx", "3xx", "4xx", "5xx", "none"].map(|c| vec.with_label_values(&[c]))
+            },
             request_duration,
             retries_denied_by_budget,
             queue_rejected: counter(
@@ -201,6 +205,15 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// Counts one client request by the status it was answered with.
+    pub fn count_request(&self, status: Option<u16>) {
+        let index = match status {
+            Some(s) => (s / 100).clamp(1, 5) as usize - 1,
+            None => 5,
+        };
+        self.requests[index].inc();
     }
 
     /// Forgets the series of an upstream that left the configuration.
