@@ -419,3 +419,29 @@ fn retries_never_go_back_to_the_upstream_that_failed() {
     assert_eq!(r.status, 502);
     assert_eq!(a.requests() + b.requests(), 3);
 }
+
+#[test]
+fn ejection_survives_a_reload() {
+    let (a, b, bad) = (Backend::start("a"), Backend::start("b"), Backend::start("bad"));
+    bad.set_status(500);
+    let c = Backend::start("c");
+    let lb = Lb::start(
+        &[a.addr.to_string(), b.addr.to_string(), bad.addr.to_string()],
+        "  passive_health: { consecutive_failures: 3, eject_for: 60s }\n",
+    );
+    for i in 0..15 {
+        lb.get(&format!("/x/{i}"));
+    }
+    assert_eq!(bad.requests(), 3);
+    // A reload that adds c rebuilds the selector; bad stays ejected.
+    let config = std::fs::read_to_string(lb.conf()).unwrap().replace(
+        &format!("    - {}\n", bad.addr),
+        &format!("    - {}\n    - {}\n", bad.addr, c.addr),
+    );
+    std::fs::write(lb.conf(), config).unwrap();
+    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
+    assert!(ok, "{out}");
+    let after = names(&lb, 30);
+    assert_eq!(bad.requests(), 3, "{after:?}");
+    assert_eq!(count(&after, "c"), 10, "{after:?}");
+}
