@@ -2,7 +2,7 @@
 //!
 //! One module per concern: [`config`] reads and validates the YAML file, [`upstream`] holds each
 //! upstream's live state, [`selection`] picks an upstream, [`health`] runs the active checks,
-//! [`retry`] keeps the retry budget, [`stats`] the metrics, [`proxy`] is the request path, [`server`]
+//! [`retry`] keeps the retry budget, [`stats`] the metrics, [`proxy`] is the request path, [`connection`] keeps idle client connections lean, [`server`]
 //! assembles pingora services from a config, [`reload`] applies a changed config in place,
 //! [`lifecycle`] announces the instance and ends it gracefully, [`instance`] and [`control`]
 //! let `lb reload|upgrade|stop` find and drive a running instance, [`demo`] is the built-in
@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod control;
 pub mod demo;
 pub mod health;

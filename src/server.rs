@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::{server_defaults, Config};
+use crate::connection::ClientApp;
 use crate::health::HealthService;
 use crate::instance::InstanceFiles;
 use crate::lifecycle::{InFlight, LifecycleService};
@@ -73,10 +74,16 @@ pub fn build(
     let in_flight = InFlight::default();
     let admin_listen = config.lb.admin.as_ref().map(|a| a.listen);
     let routing_for_exit = routing.clone();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        LbProxy::new(routing.clone(), in_flight.clone()),
-        "lb proxy",
+    let idle_routing = routing.clone();
+    let mut proxy = Service::new(
+        "lb proxy".to_string(),
+        ClientApp::new(
+            pingora::proxy::http_proxy(
+                &server.configuration,
+                LbProxy::new(routing.clone(), in_flight.clone()),
+            ),
+            move || idle_routing.load().config.timeouts.idle,
+        ),
     );
     for addr in &listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(client_buffers()));
@@ -103,16 +110,12 @@ pub fn build(
     Ok(server)
 }
 
-/// Buffers of client connections, sized by bench/ (pingora's defaults: 64 KiB read, 1460 bytes
-/// write). Both are held for the life of a connection, idle keep-alive ones included, so they
-/// set most of lb's memory per client connection:
-/// - read 4 KiB: request headers fit, and bodies larger than the buffer bypass it, so a larger
-///   one bought no throughput while costing 60 KiB per connection;
-/// - write 32 KiB: a response header and a body of known length up to 32 KiB leave in one write
-///   instead of two (+15 % req/s for 16 KiB responses). Bodies without a length (chunked,
-///   streamed) are still flushed at every chunk, so real-time responses are not held back.
+/// pingora's own buffers of client connections are off: they are allocated at accept and held
+/// for the life of a connection, idle keep-alive ones included. Reads go straight into pingora's
+/// request header and body buffers (a buffer in front bought no throughput); writes are
+/// buffered by [`ClientApp`] only while a response is being written.
 fn client_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(4 * 1024, 32 * 1024)
+    L4BufferSettings::unbuffered()
 }
 
 /// Checks that every address can be bound now, so that a taken or privileged port is reported

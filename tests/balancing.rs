@@ -422,7 +422,11 @@ fn retries_never_go_back_to_the_upstream_that_failed() {
 
 #[test]
 fn ejection_survives_a_reload() {
-    let (a, b, bad) = (Backend::start("a"), Backend::start("b"), Backend::start("bad"));
+    let (a, b, bad) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("bad"),
+    );
     bad.set_status(500);
     let c = Backend::start("c");
     let lb = Lb::start(
