@@ -12,7 +12,7 @@
 //! for them, those connections go to pingora's own handling unchanged.
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,32 +67,31 @@ impl<A> ClientApp<A> {
         if self.shutting_down.load(Ordering::Acquire) {
             return false;
         }
-        let readable = async {
-            tokio::select! {
-                biased;
-                readable = poll_fn(|cx| poll_readable(stream, cx)) => readable,
-                _ = shutdown => false,
+        // Neither is registered until polled: a request that is already there costs nothing.
+        let idle = pingora::time::sleep((self.idle_timeout)());
+        tokio::pin!(shutdown, idle);
+        let mut waiting = false;
+        poll_fn(|cx| {
+            if waiting {
+                // Woken by the idle timer, by shutdown, or else by the socket, whose only wake
+                // is "readable" (data, end of stream or error; the session's read tells which).
+                // Deciding on the wake itself saves a `read` system call per request.
+                let ended =
+                    idle.as_mut().poll(cx).is_ready() || shutdown.as_mut().poll(cx).is_ready();
+                return Poll::Ready(!ended);
             }
-        };
-        pingora::time::timeout((self.idle_timeout)(), readable)
-            .await
-            .unwrap_or(false)
+            if let Poll::Ready(readable) = poll_readable(stream, cx) {
+                return Poll::Ready(readable);
+            }
+            waiting = true;
+            if idle.as_mut().poll(cx).is_ready() || shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await
     }
-}
 
-/// Readiness without a buffer: a zero-length read waits until the socket is readable (data or
-/// end of stream) and consumes nothing. tokio keeps the readiness flag after a zero-length read,
-/// so the session's first real read finds the data; should the flag be stale, that read simply
-/// waits as it would have without this step.
-fn poll_readable(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<bool> {
-    let mut empty = ReadBuf::new(&mut []);
-    match Pin::new(&mut **stream).poll_read(cx, &mut empty) {
-        Poll::Ready(result) => Poll::Ready(result.is_ok()),
-        Poll::Pending => Poll::Pending,
-    }
-}
-
-impl<A> ClientApp<A> {
     /// The session for the next request, with the keep-alive settings carried from the previous
     /// one. (A plain function, so that the session is not part of the idle connection's state.)
     fn session(
@@ -113,6 +112,18 @@ impl<A> ClientApp<A> {
             }
         }
         session
+    }
+}
+
+/// Readiness without a buffer: a zero-length read registers for (or reports) readability and
+/// consumes nothing. When the socket is already flagged readable it returns at once (at the
+/// cost of one empty `read`); tokio keeps the flag, so the session's first real read finds the
+/// data, and should the flag be stale, that read simply waits as it would have without this.
+fn poll_readable(stream: &mut Stream, cx: &mut Context<'_>) -> Poll<bool> {
+    let mut empty = ReadBuf::new(&mut []);
+    match Pin::new(&mut **stream).poll_read(cx, &mut empty) {
+        Poll::Ready(result) => Poll::Ready(result.is_ok()),
+        Poll::Pending => Poll::Pending,
     }
 }
 
