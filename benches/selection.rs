@@ -7,9 +7,9 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb::config::{LbConfig, Selection, Upstream};
-use lb::selection::{hash_bytes, Pick, Pool};
-use lb::upstream::Registry;
+use lb::balancer::selection::hash_bytes;
+use lb::balancer::{Pick, Pool, Registry};
+use lb::config::{PoolConfig, Selection, Upstream};
 
 fn pool(selection: Selection, size: usize) -> Pool {
     let upstreams: Vec<Upstream> = (0..size)
@@ -27,9 +27,9 @@ fn pool(selection: Selection, size: usize) -> Pool {
             }
         })
         .collect();
-    let mut config = LbConfig::with_defaults(vec![], upstreams);
+    let mut config = PoolConfig::with_defaults(upstreams);
     config.selection = selection;
-    Pool::new(&config, &Registry::default(), None)
+    Pool::new(&config, &Registry::new(), None)
 }
 
 fn picks(c: &mut Criterion) {

@@ -20,7 +20,7 @@ pub enum DemoError {
     #[error("cannot start the demo backends: {0}")]
     Backends(std::io::Error),
     #[error(transparent)]
-    Listen(#[from] crate::server::StartError),
+    Listen(#[from] crate::ops::server::StartError),
 }
 
 /// A backend that answers every request with a short page naming itself.
@@ -96,7 +96,7 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
         });
         listeners.push(listener);
     }
-    crate::server::check_listen(&[listen])?;
+    crate::ops::server::check_listen(&[listen])?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -144,5 +144,5 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
         server,
         lb: LbConfig::with_defaults(vec![listen], upstreams),
     };
-    crate::server::build(Opt::default(), config, None)?.run_forever()
+    crate::ops::server::build(Opt::default(), config, None)?.run_forever()
 }

@@ -1,30 +1,28 @@
 //! `lb`: an HTTP load balancer built on Cloudflare's Pingora.
 //!
-//! One module per concern: [`config`] reads and validates the YAML file, [`upstream`] holds each
-//! upstream's live state, [`selection`] picks an upstream, [`health`] runs the active checks,
-//! [`retry`] keeps the retry budget, [`stats`] the metrics, [`proxy`] is the request path, [`connection`] keeps idle client connections lean, [`server`]
-//! assembles pingora services from a config, [`reload`] applies a changed config in place,
-//! [`lifecycle`] announces the instance and ends it gracefully, [`instance`] and [`control`]
-//! let `lb reload|upgrade|stop` find and drive a running instance, [`demo`] is the built-in
-//! demo, [`cli`] the command line.
+//! The modules, from the bottom layer up (each may use only those before it):
+//! - [`clock`], [`outcome`]: the process clock and the vocabulary of an attempt's outcome;
+//! - [`config`]: reads and validates the YAML file;
+//! - [`observe`]: metrics, per-upstream recent history, the access log;
+//! - [`balancer`]: the routing snapshot, each upstream's live state, selection, passive health,
+//!   retry budget;
+//! - [`health`]: the active health checks;
+//! - [`proxy`]: the request path (pingora's `ProxyHttp` hooks) and the client connection;
+//! - [`admin`]: the admin listener (metrics, upstream API, status page);
+//! - [`ops`]: server assembly, reload, lifecycle, instance files, control commands;
+//! - [`demo`], [`cli`]: the built-in demo and the command line.
 
-pub mod access_log;
 pub mod admin;
+pub mod balancer;
 pub mod cli;
+pub mod clock;
 pub mod config;
-pub mod connection;
-pub mod control;
 pub mod demo;
 pub mod health;
-pub mod instance;
-pub mod lifecycle;
+pub mod observe;
+pub mod ops;
+pub mod outcome;
 pub mod proxy;
-pub mod reload;
-pub mod retry;
-pub mod selection;
-pub mod server;
-pub mod stats;
-pub mod upstream;
 
 /// Sets up logging to stderr: level from `RUST_LOG`, `info` by default.
 ///

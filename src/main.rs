@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use lb::cli::{Cli, Command};
 use lb::config::Config;
-use lb::control::{self, NO_DAEMON_ENV};
-use lb::instance::{InstanceError, InstanceFiles};
+use lb::ops::control::{self, NO_DAEMON_ENV};
+use lb::ops::instance::{InstanceError, InstanceFiles};
 
 /// mimalloc: per-thread free lists suit pingora's many short-lived per-request allocations
 /// (measured in bench/: see README).
@@ -82,7 +82,7 @@ fn run(mut cli: Cli, path: &str) -> Result<(), String> {
             }
             Err(_) => {}
         }
-        lb::server::check_listen(&config.lb.all_listeners()).map_err(|e| e.to_string())?;
+        lb::ops::server::check_listen(&config.lb.all_listeners()).map_err(|e| e.to_string())?;
         if !config.server.daemon && !cli.server.daemon {
             // A daemon gets its pid file from pingora after forking.
             files
@@ -91,7 +91,7 @@ fn run(mut cli: Cli, path: &str) -> Result<(), String> {
         }
     }
     let config_path = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
-    lb::server::build(cli.server, config, Some(config_path))
+    lb::ops::server::build(cli.server, config, Some(config_path))
         .map_err(|e| e.to_string())?
         .run(Default::default());
     files.remove_if_ours();

@@ -80,7 +80,7 @@ fn pingora_way_new_process_then_sigquit_loses_nothing() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    lb::instance::signal(old, libc::SIGQUIT).unwrap();
+    lb::ops::instance::signal(old, libc::SIGQUIT).unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || read_pid(&lb.pid_file())
             == Some(new.id() as i32)),

@@ -1,7 +1,7 @@
 //! The admin listener: Prometheus metrics, the upstream API and the status page.
 //!
 //! It is a pingora listening service of its own (so `lb upgrade` hands its socket over like
-//! the proxy's). Everything it shows is read from the live [`crate::upstream::UpstreamState`]s
+//! the proxy's). Everything it shows is read from the live [`crate::balancer::UpstreamState`]s
 //! of the current routing, and everything it changes is written there, so admin actions take
 //! effect on the next pick and survive in-place reloads.
 //!
@@ -17,14 +17,12 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use crate::balancer::upstream::ALL_STATES;
+use crate::balancer::{AdminState, Member, Routing, SharedRouting};
+use crate::clock::now_ms;
 use crate::config::MAX_WEIGHT;
-use crate::lifecycle::InFlight;
-use crate::reload::{Routing, SharedRouting};
-use crate::selection::Member;
-use crate::stats::{metrics, STATUS_CLASSES};
-use crate::upstream::{now_ms, AdminState, ALL_STATES};
-
-mod process;
+use crate::observe::metrics::STATUS_CLASSES;
+use crate::proxy::InFlight;
 
 /// The status page, embedded in the binary.
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -251,7 +249,7 @@ impl AdminApp {
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
-            "selection": routing.config.selection.to_string(),
+            "selection": routing.config.pool.selection.to_string(),
             "now": rfc3339(SystemTime::now()),
             "in_flight": self.in_flight.count(),
             "upstreams": routing
@@ -265,7 +263,7 @@ impl AdminApp {
 
     /// `GET /metrics`: the gauges are brought up to date, then everything is rendered.
     fn metrics_text(&self, routing: &Routing) -> String {
-        let m = metrics();
+        let m = routing.registry.metrics();
         let now = now_ms();
         for member in &routing.pool.members {
             let addr = member.upstream.addr.to_string();
@@ -276,7 +274,7 @@ impl AdminApp {
             m.upstream_weight
                 .with_label_values(&[&addr])
                 .set(state.weight(member.upstream.weight) as i64);
-            let current = state.state(now, routing.config.slow_start);
+            let current = state.state(now, routing.config.pool.slow_start);
             for s in ALL_STATES {
                 m.upstream_state
                     .with_label_values(&[&addr, s.as_str()])
@@ -287,7 +285,6 @@ impl AdminApp {
         if let Some(log) = &routing.access_log {
             m.access_log_dropped.set(log.dropped() as i64);
         }
-        process::update();
         m.render()
     }
 }
@@ -309,7 +306,7 @@ fn find_member<'a>(routing: &'a Routing, text: &str) -> Option<&'a Member> {
 /// One upstream as the API shows it.
 fn upstream_json(routing: &Routing, member: &Member, now: u64) -> Value {
     let state = &member.state;
-    let current = state.state(now, routing.config.slow_start);
+    let current = state.state(now, routing.config.pool.slow_start);
     let change = state.last_change();
     let totals = state.stats.totals();
     let recent = state.stats.recent();

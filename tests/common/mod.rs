@@ -429,7 +429,7 @@ impl Drop for Lb {
         // A process started by `lb upgrade` is not our child: find it through the pid file.
         if let Some(pid) = read_pid(&self.pid_file()) {
             if pid as u32 != self.child.id() && pid_alive(pid) {
-                let _ = lb::instance::signal(pid, libc::SIGKILL);
+                let _ = lb::ops::instance::signal(pid, libc::SIGKILL);
             }
         }
         let _ = self.child.kill();
@@ -751,5 +751,5 @@ pub fn read_pid(path: &Path) -> Option<i32> {
 }
 
 pub fn pid_alive(pid: i32) -> bool {
-    lb::instance::process_alive(pid)
+    lb::ops::instance::process_alive(pid)
 }

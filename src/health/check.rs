@@ -1,11 +1,6 @@
-//! Active health checks.
-//!
-//! pingora's [`TcpHealthCheck`] and [`HttpHealthCheck`] do the probing; [`UpstreamCheck`] wraps
-//! them to add what operators need on top: a timeout per check, the `healthy_after` /
-//! `unhealthy_after` hysteresis, a first round that decides the initial state of every upstream
-//! (pingora would otherwise start them all as healthy), and one log line per state change with
-//! the reason. [`HealthService`] runs the rounds in the background and tells the server it is
-//! ready only after the first round, so no request reaches an upstream that was down at start.
+//! Building a pool's active check: pingora's probe wrapped in [`UpstreamCheck`], which adds a
+//! timeout per check, the `healthy_after` / `unhealthy_after` hysteresis, a first round that
+//! decides the initial state, and one log line per change with the reason.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,14 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use pingora::services::ServiceReadyNotifier;
 use pingora::{Error, ErrorType};
 
+use crate::balancer::UpstreamState;
 use crate::config::{CheckType, HealthCheckConfig};
-use crate::reload::SharedRouting;
-use crate::upstream::UpstreamState;
+use crate::outcome::describe_error;
 
 /// Builds the configured check over `members`, or `None` for `type: none`.
 ///
@@ -178,7 +170,7 @@ impl HealthCheck for UpstreamCheck {
         };
         let result = match tokio::time::timeout(self.timeout, self.probe.check(target)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(describe(&e)),
+            Ok(Err(e)) => Err(describe_error(&e)),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };
         if self.observe(addr, &result) {
@@ -195,77 +187,6 @@ impl HealthCheck for UpstreamCheck {
 
     fn backend_summary(&self, target: &Backend) -> String {
         format!("upstream {}", target.addr)
-    }
-}
-
-/// A short, operator-readable reason for a failed probe.
-pub fn describe(e: &Error) -> String {
-    match e.etype() {
-        ErrorType::ConnectRefused => "connection refused".to_string(),
-        ErrorType::ConnectTimedout => "connect timed out".to_string(),
-        ErrorType::ReadTimedout => "no response in time".to_string(),
-        ErrorType::CustomCode(_, status) => format!("health check answered HTTP {status}"),
-        ErrorType::ConnectionClosed => "connection closed".to_string(),
-        other => match e.root_cause().to_string() {
-            cause if cause.is_empty() => other.as_str().to_string(),
-            cause => format!("{}: {cause}", other.as_str()),
-        },
-    }
-}
-
-/// Runs the health-check rounds in the background, always on the current routing (a reload
-/// may replace it between two rounds).
-pub struct HealthService {
-    routing: SharedRouting,
-}
-
-impl HealthService {
-    pub fn new(routing: SharedRouting) -> Self {
-        HealthService { routing }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthService {
-    async fn start_with_ready_notifier(
-        &self,
-        mut shutdown: ShutdownWatch,
-        ready: ServiceReadyNotifier,
-    ) {
-        // Every upstream is checked once, concurrently, before traffic is served.
-        let first = self.routing.load_full();
-        first.check_round().await;
-        first.registry.set_serving();
-        crate::lifecycle::notify_upgrader(crate::lifecycle::UpgradeStage::Checked);
-        ready.notify_ready();
-        loop {
-            let routing = self.routing.load_full();
-            let Some(interval) = routing.check_interval() else {
-                // Checks are off (a reload may turn them on); ejections still end.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                        routing.end_due_ejections();
-                        continue;
-                    }
-                    _ = shutdown.changed() => return,
-                }
-            };
-            // Ejections end on their own time, between check rounds: look every 250 ms.
-            let round = tokio::time::Instant::now() + interval;
-            while tokio::time::Instant::now() < round {
-                let tick = (round - tokio::time::Instant::now()).min(Duration::from_millis(250));
-                tokio::select! {
-                    _ = tokio::time::sleep(tick) => {}
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            return;
-                        }
-                    }
-                }
-                self.routing.load().end_due_ejections();
-            }
-            self.routing.load_full().check_round().await;
-        }
     }
 }
 

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::instance::{self, InstanceError, InstanceFiles};
+use super::lifecycle::{UpgradeStage, READY_FILE_ENV};
 use crate::config::{self, Config, ConfigError};
-use crate::instance::{self, InstanceError, InstanceFiles};
-use crate::lifecycle::{UpgradeStage, READY_FILE_ENV};
 
 /// Set by `lb upgrade` for the process it starts, which is already detached and must not
 /// daemonize again (its pid must stay the one `lb upgrade` watches).
@@ -66,7 +66,7 @@ pub fn reload(path: &Path) -> Result<String, ControlError> {
         .map_or(0, |s| s.reloads);
     send(pid, libc::SIGHUP)?;
     // The instance checks new upstreams once before answering.
-    let waited = config.lb.health_check.timeout + Duration::from_secs(10);
+    let waited = config.lb.pool.health_check.timeout + Duration::from_secs(10);
     let deadline = Instant::now() + waited;
     while Instant::now() < deadline {
         if let Some(status) = files
@@ -173,7 +173,7 @@ pub fn upgrade(path: &Path, binary: Option<&Path>) -> Result<String, ControlErro
     })?;
     let new = child.id();
 
-    let checked_within = config.lb.health_check.timeout + Duration::from_secs(30);
+    let checked_within = config.lb.pool.health_check.timeout + Duration::from_secs(30);
     if let Err(detail) = wait_for_stage(
         &mut child,
         &ready_file,

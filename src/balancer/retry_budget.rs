@@ -3,8 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::clock::now_ms;
 use crate::config::RetryPolicy;
-use crate::upstream::now_ms;
 
 /// Seconds the budget looks back over.
 const WINDOW_SECONDS: u64 = 10;

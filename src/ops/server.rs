@@ -11,15 +11,14 @@ use pingora::server::Server;
 use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::services::listening::Service;
 
+use super::instance::InstanceFiles;
+use super::lifecycle::{notify_upgrader, LifecycleService, UpgradeStage};
+use super::reload::{build_routing, ReloadService};
 use crate::admin::AdminApp;
+use crate::balancer::Registry;
 use crate::config::{server_defaults, Config};
-use crate::connection::ClientApp;
 use crate::health::HealthService;
-use crate::instance::InstanceFiles;
-use crate::lifecycle::{InFlight, LifecycleService};
-use crate::proxy::LbProxy;
-use crate::reload::{ReloadService, Routing};
-use crate::upstream::Registry;
+use crate::proxy::{ClientApp, InFlight, LbProxy};
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +50,7 @@ pub fn build(
             .grace_period_seconds
             .unwrap_or(server_defaults::GRACE_PERIOD_SECONDS),
     );
-    let routing = Routing::new(config.lb.clone(), Registry::new(), None)
+    let routing = build_routing(config.lb.clone(), Registry::new(), None)
         .map_err(|e| StartError::AccessLog(e.to_string()))?
         .shared();
     let reload =
@@ -62,7 +61,7 @@ pub fn build(
     let bootstrap = server.bootstrap_as_a_service();
     let health = server.add_service(background_service(
         "health checks",
-        HealthService::new(routing.clone()),
+        HealthService::new(routing.clone(), || notify_upgrader(UpgradeStage::Checked)),
     ));
     if let Some(reload) = &reload {
         server.add_service(GenBackgroundService::new(
@@ -82,7 +81,7 @@ pub fn build(
                 &server.configuration,
                 LbProxy::new(routing.clone(), in_flight.clone()),
             ),
-            move || idle_routing.load().config.timeouts.idle,
+            move || idle_routing.load().config.pool.timeouts.idle,
         ),
     );
     for addr in &listen {

@@ -1,26 +1,18 @@
 //! The live state of each upstream: health, passive ejection, admin state, load and latency.
 //!
 //! pingora rebuilds its selector whenever the upstream set changes, and a reload builds a whole
-//! new [`crate::reload::Routing`]; state that must outlive both lives here instead, one
-//! [`UpstreamState`] per address in the long-lived [`Registry`]. Every source of "may this
-//! upstream take a request" — active checks, passive ejection, the admin API, slow start — is
-//! folded into one [`State`], logged with its reason whenever it changes.
+//! new [`super::Routing`]; state that must outlive both lives here instead, one
+//! [`UpstreamState`] per address in the long-lived [`super::Registry`]. Every source of "may
+//! this upstream take a request" — active checks, passive ejection, the admin API, slow start —
+//! is folded into one [`State`], logged with its reason whenever it changes.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use crate::config::{PassiveHealth, Upstream};
-use crate::stats::UpstreamStats;
-
-/// Milliseconds on a monotonic clock that starts near zero when the process does.
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    // +1 so that 0 can mean "never".
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+use crate::clock::now_ms;
+use crate::observe::metrics::{Metrics, UpstreamStats};
 
 /// What the operator said about an upstream through the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,10 +118,17 @@ pub struct UpstreamState {
     ewma_at_ms: AtomicU64,
     last_change: Mutex<Change>,
     pub stats: UpstreamStats,
+    /// The registry's change counters, bumped on every change of usability or weight.
+    epochs: Arc<Epochs>,
 }
 
 impl UpstreamState {
-    fn new(addr: SocketAddr, ramp_first_up: bool) -> Self {
+    pub(super) fn new(
+        addr: SocketAddr,
+        ramp_first_up: bool,
+        stats: UpstreamStats,
+        epochs: Arc<Epochs>,
+    ) -> Self {
         UpstreamState {
             addr,
             in_flight: AtomicUsize::new(0),
@@ -151,13 +150,15 @@ impl UpstreamState {
                 reason: "configured".to_string(),
                 at: SystemTime::now(),
             }),
-            stats: UpstreamStats::new(&addr.to_string()),
+            stats,
+            epochs,
         }
     }
 
-    /// A detached state, for tests and benchmarks.
+    /// A state outside any registry, with metrics of its own, for tests and benchmarks.
     pub fn detached(addr: SocketAddr) -> Arc<Self> {
-        Arc::new(Self::new(addr, false))
+        let stats = UpstreamStats::new(&Metrics::new(), &addr.to_string());
+        Arc::new(Self::new(addr, false, stats, Arc::default()))
     }
 
     pub fn in_flight(&self) -> usize {
@@ -284,7 +285,7 @@ impl UpstreamState {
         if was != healthy || first {
             let state = if healthy { State::Up } else { State::Down };
             self.changed(state, reason.to_string());
-            bump_epoch();
+            self.epochs.bump_usability();
         }
     }
 
@@ -293,7 +294,7 @@ impl UpstreamState {
         *self.check.lock().unwrap_or_else(|p| p.into_inner()) = CheckState::default();
         if !self.healthy.swap(true, Ordering::AcqRel) {
             self.changed(State::Up, "active checks turned off".to_string());
-            bump_epoch();
+            self.epochs.bump_usability();
         }
     }
 
@@ -325,15 +326,14 @@ impl UpstreamState {
             AdminState::Disabled => State::Disabled,
         };
         self.changed(state, reason.to_string());
-        bump_epoch();
+        self.epochs.bump_usability();
         true
     }
 
     pub fn set_weight_override(&self, weight: Option<usize>) {
         self.weight_override
             .store(weight.unwrap_or(0), Ordering::Relaxed);
-        WEIGHTS.fetch_add(1, Ordering::AcqRel);
-        bump_epoch();
+        self.epochs.bump_weights();
     }
 
     /// A successful attempt: the failure streak ends.
@@ -348,20 +348,19 @@ impl UpstreamState {
         self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// Takes the upstream out of rotation; returns for how long.
-    pub fn eject(&self, policy: &PassiveHealth, reason: &str) -> Duration {
-        let now = now_ms();
+    /// How many ejections in a row this one is (0 for the first), for the doubling of its
+    /// length; a good spell longer than `forget_after` since the last one starts over.
+    pub(super) fn next_ejection_level(&self, forget_after: Duration) -> u32 {
         let ended = self.last_ejection_end_ms.load(Ordering::Relaxed);
-        // A long good spell since the last ejection forgets the earlier ones.
-        if ended != 0 && now.saturating_sub(ended) > policy.max_eject_for.as_millis() as u64 {
+        if ended != 0 && now_ms().saturating_sub(ended) > forget_after.as_millis() as u64 {
             self.ejection_level.store(0, Ordering::Relaxed);
         }
-        let level = self.ejection_level.fetch_add(1, Ordering::AcqRel).min(16);
-        let length = policy
-            .eject_for
-            .saturating_mul(1u32 << level)
-            .min(policy.max_eject_for);
-        let until = now + length.as_millis() as u64;
+        self.ejection_level.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// Takes the upstream out of rotation for `length`.
+    pub(super) fn eject(&self, length: Duration, reason: &str) {
+        let until = now_ms() + length.as_millis() as u64;
         self.ejected_until_ms.store(until, Ordering::Relaxed);
         // When it comes back it ramps up (with slow start on).
         self.usable_since_ms.store(until, Ordering::Relaxed);
@@ -371,8 +370,7 @@ impl UpstreamState {
             State::Ejected,
             format!("{reason}; ejected for {}s", length.as_secs()),
         );
-        bump_epoch();
-        length
+        self.epochs.bump_usability();
     }
 
     /// Ends an ejection whose time is up; returns whether one ended (for its log line).
@@ -395,7 +393,7 @@ impl UpstreamState {
             State::Down
         };
         self.changed(state, "ejection ended".to_string());
-        bump_epoch();
+        self.epochs.bump_usability();
         true
     }
 
@@ -436,79 +434,49 @@ impl UpstreamState {
 /// The smallest share slow start gives: an upstream coming back takes a little traffic at once.
 const MIN_RAMP: f64 = 0.05;
 
-/// Bumped on every change of usability (health, ejection, admin): selectors that cache a view
-/// of the pool rebuild it when this moves.
-static EPOCH: AtomicU64 = AtomicU64::new(1);
-
-pub fn epoch() -> u64 {
-    EPOCH.load(Ordering::Acquire)
+/// Change counters that selectors watch: a selector caching a view of the pool rebuilds it
+/// when the counter it was built for has moved.
+#[derive(Debug)]
+pub struct Epochs {
+    /// Bumped on every change of usability (health, ejection, admin).
+    usability: AtomicU64,
+    /// Bumped when an admin weight changes: weighted schedules are rebuilt.
+    weights: AtomicU64,
 }
 
-/// Bumped when an admin weight changes: weighted schedules are rebuilt.
-static WEIGHTS: AtomicU64 = AtomicU64::new(1);
-
-pub fn weights_epoch() -> u64 {
-    WEIGHTS.load(Ordering::Acquire)
+impl Default for Epochs {
+    fn default() -> Self {
+        Epochs {
+            usability: AtomicU64::new(1),
+            weights: AtomicU64::new(1),
+        }
+    }
 }
 
-fn bump_epoch() {
-    EPOCH.fetch_add(1, Ordering::AcqRel);
-}
-
-/// Every upstream's state, by address, for the life of the process.
-#[derive(Default)]
-pub struct Registry {
-    states: Mutex<HashMap<SocketAddr, Arc<UpstreamState>>>,
-    /// Set once the first health round is done: upstreams added later ramp up.
-    serving: AtomicBool,
-    pub retry_budget: crate::retry::RetryBudget,
-}
-
-impl Registry {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Registry::default())
+impl Epochs {
+    pub fn usability(&self) -> u64 {
+        self.usability.load(Ordering::Acquire)
     }
 
-    /// The states of `upstreams`, in order, created where new. Addresses no longer configured
-    /// are forgotten (requests still holding them keep their own reference).
-    pub fn members(&self, upstreams: &[Upstream]) -> Vec<Arc<UpstreamState>> {
-        let ramp = self.serving.load(Ordering::Relaxed);
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let members: Vec<Arc<UpstreamState>> = upstreams
-            .iter()
-            .map(|u| {
-                states
-                    .entry(u.addr)
-                    .or_insert_with(|| Arc::new(UpstreamState::new(u.addr, ramp)))
-                    .clone()
-            })
-            .collect();
-        states.retain(|addr, _| {
-            let kept = upstreams.iter().any(|u| u.addr == *addr);
-            if !kept {
-                crate::stats::metrics().forget_upstream(&addr.to_string());
-            }
-            kept
-        });
-        members
+    pub fn weights(&self) -> u64 {
+        self.weights.load(Ordering::Acquire)
     }
 
-    pub fn get(&self, addr: &SocketAddr) -> Option<Arc<UpstreamState>> {
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(addr)
-            .cloned()
+    fn bump_usability(&self) {
+        self.usability.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub fn set_serving(&self) {
-        self.serving.store(true, Ordering::Relaxed);
+    fn bump_weights(&self) {
+        self.weights.fetch_add(1, Ordering::AcqRel);
+        self.bump_usability();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balancer::passive;
+    use crate::config::PassiveHealth;
 
     fn state() -> Arc<UpstreamState> {
         UpstreamState::detached("127.0.0.1:1".parse().unwrap())
@@ -533,9 +501,9 @@ mod tests {
             max_eject_for: Duration::from_secs(25),
             ..PassiveHealth::default()
         };
-        assert_eq!(s.eject(&policy, "x"), Duration::from_secs(10));
-        assert_eq!(s.eject(&policy, "x"), Duration::from_secs(20));
-        assert_eq!(s.eject(&policy, "x"), Duration::from_secs(25));
+        assert_eq!(passive::eject(&s, &policy, "x"), Duration::from_secs(10));
+        assert_eq!(passive::eject(&s, &policy, "x"), Duration::from_secs(20));
+        assert_eq!(passive::eject(&s, &policy, "x"), Duration::from_secs(25));
         assert!(!s.usable(now_ms()));
         assert_eq!(s.state(now_ms(), Duration::ZERO), State::Ejected);
     }

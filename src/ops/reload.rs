@@ -1,7 +1,7 @@
 //! Applying a changed configuration inside the running process.
 //!
 //! Everything a request needs to be routed — the upstream set with its health, the selection
-//! algorithm, retries and timeouts — is one immutable [`Routing`] behind an [`ArcSwap`]. A
+//! algorithm, retries and timeouts — is one immutable [`Routing`] behind an `ArcSwap`. A
 //! reload builds a new one, checks its upstreams once (carrying over the state of those that
 //! stay, so none flaps), and swaps it in. Requests in flight keep the routing they started
 //! with; open connections are never touched.
@@ -9,131 +9,25 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::access_log::AccessLog;
-use crate::config::{Config, LbConfig, Upstream};
+use super::instance::{InstanceFiles, Status};
+use crate::balancer::{Registry, Routing, SharedRouting};
+use crate::config::{Config, LbConfig, PoolConfig, Upstream};
 use crate::health;
-use crate::instance::{InstanceFiles, Status};
-use crate::selection::Pool;
-use crate::upstream::{now_ms, Registry, UpstreamState};
 
-/// How requests are routed right now.
-pub struct Routing {
-    pub config: LbConfig,
-    pub pool: Pool,
-    /// Every upstream's live state, shared by all routings of this process.
-    pub registry: Arc<Registry>,
-    /// Whether active checks are on.
-    checked: bool,
-    /// Off when `None`.
-    pub access_log: Option<AccessLog>,
-}
-
-/// The current routing, replaced as a whole on reload.
-pub type SharedRouting = Arc<ArcSwap<Routing>>;
-
-impl Routing {
-    /// Builds the routing for `config`. Upstreams already in `registry` keep their state;
-    /// `previous` lends its access log when that is configured the same.
-    pub fn new(
-        config: LbConfig,
-        registry: Arc<Registry>,
-        previous: Option<&Routing>,
-    ) -> std::io::Result<Self> {
-        let access_log = match &config.access_log {
-            None => None,
-            Some(settings) => match previous.and_then(|p| p.access_log.as_ref()) {
-                Some(log) if log.settings() == settings => Some(log.clone()),
-                _ => Some(AccessLog::open(settings)?),
-            },
-        };
-        let states = registry.members(&config.upstreams);
-        let check = health::build_check(&config.health_check, &states);
-        if check.is_none() {
-            for state in &states {
-                state.unchecked();
-            }
-        }
-        let checked = check.is_some();
-        let pool = Pool::new(&config, &registry, check);
-        Ok(Routing {
-            config,
-            pool,
-            registry,
-            checked,
-            access_log,
-        })
-    }
-
-    pub fn shared(self) -> SharedRouting {
-        Arc::new(ArcSwap::from_pointee(self))
-    }
-
-    /// Runs one round of active checks over every upstream, concurrently.
-    pub async fn check_round(&self) {
-        if self.checked {
-            self.pool.backends().run_health_check(true).await;
-        }
-    }
-
-    /// Time between check rounds, or `None` when checks are off.
-    pub fn check_interval(&self) -> Option<Duration> {
-        self.checked.then_some(self.config.health_check.interval)
-    }
-
-    /// A failed attempt on `state` (of a kind passive health counts): ejects the upstream after
-    /// `consecutive_failures` in a row, unless that would eject more than
-    /// `max_ejected_percent` of the pool.
-    pub fn note_failure(&self, state: &UpstreamState, what: &str) {
-        let policy = &self.config.passive_health;
-        if policy.consecutive_failures == 0 {
-            return;
-        }
-        let failures = state.record_failure();
-        let now = now_ms();
-        if failures < policy.consecutive_failures || state.is_ejected(now) {
-            return;
-        }
-        let members = &self.pool.members;
-        let ejected = members.iter().filter(|m| m.state.is_ejected(now)).count();
-        let allowed = members.len() * policy.max_ejected_percent as usize / 100;
-        if ejected >= allowed {
-            log::warn!(
-                "upstream {} failed {failures} times in a row ({what}) but stays in: \
-                 {ejected} of {} upstreams are ejected already (max_ejected_percent {})",
-                state.addr,
-                members.len(),
-                policy.max_ejected_percent
-            );
-            return;
-        }
-        let reason = format!("{failures} consecutive failures, last: {what}");
-        let length = state.eject(policy, &reason);
-        log::warn!(
-            "upstream {} is EJECTED for {}s: {reason}",
-            state.addr,
-            length.as_secs()
-        );
-    }
-
-    /// Ends the ejections whose time is up, with a log line each.
-    pub fn end_due_ejections(&self) {
-        let now = now_ms();
-        for m in &self.pool.members {
-            if m.state.end_ejection_if_due(now) {
-                log::info!(
-                    "upstream {} is back in rotation: its ejection ended",
-                    m.upstream.addr
-                );
-            }
-        }
-    }
+/// Builds the routing for `config` with its active health check (see [`Routing::new`]).
+pub fn build_routing(
+    config: LbConfig,
+    registry: Arc<Registry>,
+    previous: Option<&Routing>,
+) -> std::io::Result<Routing> {
+    let states = registry.members(&config.pool.upstreams);
+    let check = health::build_check(&config.pool.health_check, &states);
+    Routing::new(config, registry, previous, check)
 }
 
 /// Why a reload was not applied.
@@ -211,19 +105,22 @@ impl ReloadService {
             return Err(ReloadError::NeedsUpgrade(key.to_string()));
         }
         let current = self.routing.load_full();
-        let next = Routing::new(config.lb, current.registry.clone(), Some(&current))
+        let next = build_routing(config.lb, current.registry.clone(), Some(&current))
             .map_err(|e| ReloadError::AccessLog(e.to_string()))?;
         // Settle the new upstream set before it takes traffic: kept upstreams keep their
         // state, new ones get their first check now.
         next.check_round().await;
-        let summary = describe_changes(&current.config, &next.config);
+        let summary = describe_changes(&current.config.pool, &next.config.pool);
         self.routing.store(Arc::new(next));
         Ok(summary)
     }
 
     async fn handle_reload(&self) {
         let outcome = self.reload().await;
-        crate::stats::metrics()
+        self.routing
+            .load()
+            .registry
+            .metrics()
             .reloads
             .with_label_values(&[if outcome.is_ok() { "ok" } else { "refused" }])
             .inc();
@@ -311,7 +208,7 @@ fn changed_keys(before: &serde_yaml::Value, after: &serde_yaml::Value) -> String
 }
 
 /// A one-line account of what a reload changed.
-fn describe_changes(before: &LbConfig, after: &LbConfig) -> String {
+fn describe_changes(before: &PoolConfig, after: &PoolConfig) -> String {
     let find = |list: &[Upstream], addr: SocketAddr| list.iter().find(|u| u.addr == addr).cloned();
     // The upstreams of `list` that `other` lacks.
     let missing = |list: &[Upstream], other: &[Upstream]| -> Vec<String> {

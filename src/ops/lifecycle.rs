@@ -3,7 +3,6 @@
 //! done once a graceful stop or upgrade has begun.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -11,8 +10,10 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::instance::InstanceFiles;
-use crate::reload::{ReloadService, SharedRouting};
+use super::instance::InstanceFiles;
+use super::reload::ReloadService;
+use crate::balancer::SharedRouting;
+use crate::proxy::InFlight;
 
 /// The environment variable through which `lb upgrade` asks the new process to report progress.
 pub const READY_FILE_ENV: &str = "LB_UPGRADE_READY_FILE";
@@ -43,32 +44,6 @@ pub fn notify_upgrader(stage: UpgradeStage) {
         if let Err(e) = std::fs::write(path, stage.as_str()) {
             log::warn!("cannot report upgrade progress to {}: {e}", path.display());
         }
-    }
-}
-
-/// Requests being proxied right now.
-#[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    /// Counts a request until the returned guard is dropped.
-    pub fn enter(&self) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(self.0.clone())
-    }
-
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Decrements the in-flight count when dropped.
-#[derive(Debug)]
-pub struct InFlightGuard(Arc<AtomicUsize>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -399,7 +399,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "lb-access-{}-{name}-{}",
             std::process::id(),
-            crate::upstream::now_ms()
+            crate::clock::now_ms()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("access.log")

@@ -1,0 +1,25 @@
+//! The balancer: which upstream takes a request, and everything it knows about each upstream.
+//!
+//! - [`routing`]: the immutable [`Routing`] snapshot a request is routed by, swapped whole on
+//!   reload;
+//! - [`registry`] and [`upstream`]: each upstream's live state (health verdict, ejection, admin
+//!   state, load, latency), kept across reloads;
+//! - [`selection`]: the pool and its algorithms, and the queue behind [`Pool::acquire`];
+//! - [`passive`]: outlier ejection from the outcomes of live requests;
+//! - [`retry_budget`]: the share of requests that may be retried.
+//!
+//! Depends on: [`crate::config`], [`crate::outcome`], [`crate::clock`], [`crate::observe`]
+//! (metrics handles and the access log a routing carries). Not on the proxy, health checks or
+//! operations, which all build on it.
+
+pub mod passive;
+pub mod registry;
+pub mod retry_budget;
+pub mod routing;
+pub mod selection;
+pub mod upstream;
+
+pub use registry::Registry;
+pub use routing::{Routing, SharedRouting};
+pub use selection::{Lease, Member, Pick, Pool};
+pub use upstream::{AdminState, State, UpstreamState};

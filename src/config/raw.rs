@@ -1,0 +1,280 @@
+//! The file as written: serde shapes that mirror the YAML. Every struct denies unknown keys;
+//! optional keys stay `None` here and get their defaults during validation. The hand-written
+//! visitors raise errors at the value itself, so the YAML library names its key.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use super::types::{AccessLogFormat, CheckType, Selection};
+use super::values::parse_duration;
+use crate::outcome::{status_code, OutcomeMatch, StatusRange};
+
+// defaults above during validation.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLb {
+    pub(crate) listen: Option<Vec<String>>,
+    pub(crate) upstreams: Option<Vec<RawUpstream>>,
+    #[serde(default)]
+    pub(crate) selection: Selection,
+    pub(crate) hash_key: Option<String>,
+    pub(crate) retries: Option<RawRetries>,
+    #[serde(default)]
+    pub(crate) timeouts: RawTimeouts,
+    #[serde(default)]
+    pub(crate) health_check: RawHealthCheck,
+    #[serde(default)]
+    pub(crate) passive_health: RawPassiveHealth,
+    pub(crate) slow_start: Option<DurationValue>,
+    #[serde(default)]
+    pub(crate) queue: RawQueue,
+    pub(crate) admin: Option<RawAdmin>,
+    pub(crate) access_log: Option<RawAccessLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub(crate) listen: String,
+    pub(crate) token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub(crate) path: String,
+    #[serde(default)]
+    pub(crate) format: AccessLogFormat,
+}
+
+/// `retries: 2` or the block form.
+pub(crate) enum RawRetries {
+    Attempts(usize),
+    Block(RawRetryBlock),
+}
+
+impl<'de> Deserialize<'de> for RawRetries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A visitor rather than `untagged`, so that a mistake inside the block is reported
+        // as itself and not as "did not match any variant".
+        struct RetriesVisitor;
+        impl<'de> Visitor<'de> for RetriesVisitor {
+            type Value = RawRetries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of attempts or { attempts, on, budget_percent }")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawRetries, E> {
+                usize::try_from(v)
+                    .map(RawRetries::Attempts)
+                    .map_err(|_| E::custom("too many attempts"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRetries, A::Error> {
+                RawRetryBlock::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawRetries::Block)
+            }
+        }
+        deserializer.deserialize_any(RetriesVisitor)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetryBlock {
+    pub(crate) attempts: Option<usize>,
+    pub(crate) on: Option<Vec<FailureValue>>,
+    pub(crate) budget_percent: Option<u32>,
+    pub(crate) budget_min_per_second: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassiveHealth {
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) on: Option<Vec<FailureValue>>,
+    pub(crate) eject_for: Option<DurationValue>,
+    pub(crate) max_eject_for: Option<DurationValue>,
+    pub(crate) max_ejected_percent: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    pub(crate) size: Option<usize>,
+    pub(crate) timeout: Option<DurationValue>,
+}
+
+/// A failure kind as written: `connect_failure`, `timeout`, `reset`, `status_503`, `status_5xx`.
+pub(crate) struct FailureValue(pub OutcomeMatch);
+
+impl<'de> Deserialize<'de> for FailureValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FailureVisitor;
+        impl Visitor<'_> for FailureVisitor {
+            type Value = FailureValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("connect_failure, timeout, reset, status_NNN or status_Nxx")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FailureValue, E> {
+                OutcomeMatch::parse(v).map(FailureValue).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(FailureVisitor)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub(crate) connect: Option<DurationValue>,
+    pub(crate) read: Option<DurationValue>,
+    pub(crate) write: Option<DurationValue>,
+    pub(crate) idle: Option<DurationValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    #[serde(rename = "type", default)]
+    pub(crate) kind: CheckType,
+    pub(crate) interval: Option<DurationValue>,
+    pub(crate) timeout: Option<DurationValue>,
+    pub(crate) healthy_after: Option<usize>,
+    pub(crate) unhealthy_after: Option<usize>,
+    pub(crate) path: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) expect_status: Option<Vec<StatusValue>>,
+}
+
+/// An upstream written either as `"host:port"` or as `{ addr: "host:port", weight: N, ... }`.
+#[derive(Default)]
+pub(crate) struct RawUpstream {
+    pub(crate) addr: String,
+    pub(crate) weight: Option<usize>,
+    pub(crate) max_conns: Option<usize>,
+    pub(crate) backup: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamLong {
+    pub(crate) addr: String,
+    pub(crate) weight: Option<usize>,
+    pub(crate) max_conns: Option<usize>,
+    pub(crate) backup: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawUpstream {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UpstreamVisitor;
+        impl<'de> Visitor<'de> for UpstreamVisitor {
+            type Value = RawUpstream;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address such as \"127.0.0.1:8081\" or { addr: \"127.0.0.1:8081\", weight: 2 }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUpstream, E> {
+                Ok(RawUpstream {
+                    addr: v.to_owned(),
+                    ..RawUpstream::default()
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUpstream, A::Error> {
+                let long =
+                    RawUpstreamLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawUpstream {
+                    addr: long.addr,
+                    weight: long.weight,
+                    max_conns: long.max_conns,
+                    backup: long.backup,
+                })
+            }
+        }
+        deserializer.deserialize_any(UpstreamVisitor)
+    }
+}
+
+/// A duration written as `500ms`, `2s`, `1m` or `1h`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DurationValue(pub(crate) Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // A visitor, so that the error is raised at the value and serde_yaml names its key.
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 2s or 1m")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
+                parse_duration(v).map(DurationValue).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationValue, E> {
+                Err(E::custom(format!(
+                    "invalid duration `{v}`: give a unit, e.g. {v}s or {v}ms"
+                )))
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// An expected status: `200` or a range `"200-399"`.
+pub(crate) struct StatusValue(pub(crate) StatusRange);
+
+impl<'de> Deserialize<'de> for StatusValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StatusVisitor;
+        impl Visitor<'_> for StatusVisitor {
+            type Value = StatusValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a status code such as 200 or a range such as \"200-399\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusValue, E> {
+                let code = status_code(v).map_err(E::custom)?;
+                Ok(StatusValue(StatusRange {
+                    low: code,
+                    high: code,
+                }))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusValue, E> {
+                self.visit_u64(
+                    u64::try_from(v).map_err(|_| E::custom(format!("invalid status code {v}")))?,
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusValue, E> {
+                let parse = |s: &str| -> Result<u16, String> {
+                    let n: u64 = s
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("invalid status `{v}`: expected 200 or 200-399"))?;
+                    status_code(n)
+                };
+                let range = match v.split_once('-') {
+                    Some((low, high)) => StatusRange {
+                        low: parse(low).map_err(E::custom)?,
+                        high: parse(high).map_err(E::custom)?,
+                    },
+                    None => {
+                        let code = parse(v).map_err(E::custom)?;
+                        StatusRange {
+                            low: code,
+                            high: code,
+                        }
+                    }
+                };
+                if range.low > range.high {
+                    return Err(E::custom(format!(
+                        "invalid status range `{v}`: low end above high end"
+                    )));
+                }
+                Ok(StatusValue(range))
+            }
+        }
+        deserializer.deserialize_any(StatusVisitor)
+    }
+}

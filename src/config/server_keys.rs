@@ -1,0 +1,125 @@
+//! pingora's own server keys (the top level of the file): checked against the fields pingora's
+//! [`ServerConf`] really has (pingora ignores unknown keys, so a typo would silently do nothing),
+//! with a "did you mean" hint, and lb's defaults where pingora's do not suit a load balancer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use pingora::server::configuration::ServerConf;
+
+use super::ConfigError;
+
+/// Builds pingora's [`ServerConf`] from the top-level keys, rejecting any key pingora does not know.
+///
+/// pingora itself ignores unknown keys; a typo such as `treads: 4` would then silently do
+/// nothing, so we check every key against the fields pingora actually has.
+pub(crate) fn server_conf_from(
+    keys: BTreeMap<String, serde_yaml::Value>,
+) -> Result<ServerConf, ConfigError> {
+    let known = pingora_server_keys();
+    for key in keys.keys() {
+        if !known.contains(key) {
+            let hint = match closest(key, known.iter().map(String::as_str).chain(["lb"])) {
+                Some(near) => format!("not a pingora server key nor `lb`; did you mean `{near}`?"),
+                None => {
+                    "not a pingora server key nor `lb` (lb's own keys go under `lb:`)".to_string()
+                }
+            };
+            return Err(ConfigError::UnknownKey {
+                key: key.clone(),
+                hint,
+            });
+        }
+    }
+    let present: BTreeSet<String> = keys.keys().cloned().collect();
+    // Deserialize key by key first so that a wrong value names its key.
+    for (key, value) in &keys {
+        let mut single = serde_yaml::Mapping::new();
+        single.insert(serde_yaml::Value::String(key.clone()), value.clone());
+        serde_yaml::from_value::<ServerConf>(serde_yaml::Value::Mapping(single))
+            .map_err(|e| ConfigError::invalid(key.clone(), e.to_string()))?;
+    }
+    let mapping: serde_yaml::Mapping = keys
+        .into_iter()
+        .map(|(k, v)| (serde_yaml::Value::String(k), v))
+        .collect();
+    let mut conf: ServerConf = serde_yaml::from_value(serde_yaml::Value::Mapping(mapping))
+        .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    apply_lb_server_defaults(&mut conf, &present);
+    conf.validate()
+        .map_err(|e| ConfigError::Syntax(format!("pingora server settings: {e}")))
+}
+
+/// lb's defaults for pingora server keys where pingora's own do not suit a load balancer
+/// (pingora waits 300 s on a graceful stop and names its files after itself).
+pub mod server_defaults {
+    pub const PID_FILE: &str = "/tmp/lb.pid";
+    pub const UPGRADE_SOCK: &str = "/tmp/lb_upgrade.sock";
+    /// How long a graceful stop or upgrade waits for requests in flight.
+    pub const GRACE_PERIOD_SECONDS: u64 = 30;
+    /// How long the final step of a graceful shutdown may take.
+    pub const GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+    /// How long (in 1 s tries) a new process waits for the old one to hand over its sockets.
+    pub const UPGRADE_SOCK_RETRIES: usize = 30;
+}
+
+/// pingora's server settings with lb's defaults, for a server started without a file.
+pub fn default_server_conf() -> ServerConf {
+    let mut conf = ServerConf::default();
+    apply_lb_server_defaults(&mut conf, &BTreeSet::new());
+    conf
+}
+
+/// Fills lb's defaults into the pingora keys that the file does not set.
+fn apply_lb_server_defaults(conf: &mut ServerConf, present: &BTreeSet<String>) {
+    use server_defaults::*;
+    if !present.contains("pid_file") {
+        conf.pid_file = PID_FILE.to_string();
+    }
+    if !present.contains("upgrade_sock") {
+        conf.upgrade_sock = UPGRADE_SOCK.to_string();
+    }
+    conf.grace_period_seconds
+        .get_or_insert(GRACE_PERIOD_SECONDS);
+    conf.graceful_shutdown_timeout_seconds
+        .get_or_insert(GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS);
+    conf.upgrade_sock_connect_accept_max_retries
+        .get_or_insert(UPGRADE_SOCK_RETRIES);
+}
+
+/// The `pid_file` a configuration file names (or the default), read leniently so that an
+/// instance can be stopped even when its file has since been broken.
+pub fn pid_file_of(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    Ok(value
+        .get("pid_file")
+        .and_then(|v| v.as_str())
+        .unwrap_or(server_defaults::PID_FILE)
+        .to_string())
+}
+
+/// The candidate nearest to `word` by edit distance, if it is near enough to be a typo.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// The top-level keys pingora's [`ServerConf`] understands, read from its own serialization so
+/// that the list follows the pingora version we are built with.
+fn pingora_server_keys() -> BTreeSet<String> {
+    match serde_yaml::to_value(ServerConf::default()) {
+        Ok(serde_yaml::Value::Mapping(map)) => map
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}

@@ -1,0 +1,327 @@
+//! The validated configuration: the types the rest of lb reads. Everything here has passed
+//! validation, so its users need no checks of their own.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::outcome::{OutcomeMatch, OutcomeSet, StatusRange};
+
+/// How the next upstream is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Each healthy upstream in turn, in proportion to its weight.
+    #[default]
+    RoundRobin,
+    /// A random healthy upstream, in proportion to its weight.
+    Random,
+    /// The upstream with the fewest requests in flight relative to its weight.
+    LeastConn,
+    /// Power of two random choices on peak-EWMA latency times load (Finagle, Linkerd).
+    P2cEwma,
+    /// A Ketama ring on `hash_key`: a key sticks to its upstream while that one is usable.
+    ConsistentHash,
+}
+
+impl fmt::Display for Selection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Selection::RoundRobin => "round_robin",
+            Selection::Random => "random",
+            Selection::LeastConn => "least_conn",
+            Selection::P2cEwma => "p2c_ewma",
+            Selection::ConsistentHash => "consistent_hash",
+        })
+    }
+}
+
+/// One backend server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// The address as the operator wrote it (used in logs).
+    pub name: String,
+    /// The resolved socket address connected to.
+    pub addr: SocketAddr,
+    /// Relative share of requests, 1 to [`MAX_WEIGHT`].
+    pub weight: usize,
+    /// Requests in flight above which the upstream is skipped; `None` for no limit.
+    pub max_conns: Option<usize>,
+    /// Used only while no primary (non-backup) upstream is usable.
+    pub backup: bool,
+}
+
+/// The largest weight (as in HAProxy): keeps the round-robin schedule small.
+pub const MAX_WEIGHT: usize = 256;
+
+/// What a request is hashed on for `consistent_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// The client's IP address.
+    #[default]
+    ClientIp,
+    /// The path and query of the request.
+    Uri,
+    /// The value of a request header (requests without it hash on the client IP).
+    Header(http::HeaderName),
+    /// The value of a cookie (requests without it hash on the client IP).
+    Cookie(String),
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Uri => f.write_str("uri"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
+}
+
+/// Retrying a failed attempt on another upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// How many other upstreams one request may be moved to.
+    pub attempts: usize,
+    /// Which failures are retried (a request is only ever retried when repeating it is safe).
+    pub on: OutcomeSet,
+    /// Retries never exceed this share of the requests of the last 10 seconds...
+    pub budget_percent: u32,
+    /// ...except that this many retries per second are always allowed, so that a quiet
+    /// balancer still retries.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            on: OutcomeSet(vec![
+                OutcomeMatch::ConnectFailure,
+                OutcomeMatch::Reset,
+                OutcomeMatch::Timeout,
+                OutcomeMatch::Status(StatusRange::single(502)),
+                OutcomeMatch::Status(StatusRange::single(503)),
+            ]),
+            budget_percent: 20,
+            budget_min_per_second: 3,
+        }
+    }
+}
+
+/// Outlier ejection from live traffic, between active checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Consecutive failed attempts that eject an upstream; 0 turns passive health off.
+    pub consecutive_failures: u32,
+    /// Which outcomes count as failures.
+    pub on: OutcomeSet,
+    /// How long the first ejection lasts; each repeated one doubles it, up to `max_eject_for`.
+    pub eject_for: Duration,
+    pub max_eject_for: Duration,
+    /// Never eject more than this share of the pool, so a pool-wide problem cannot empty it.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            consecutive_failures: 5,
+            on: OutcomeSet(vec![
+                OutcomeMatch::ConnectFailure,
+                OutcomeMatch::Timeout,
+                OutcomeMatch::Reset,
+                OutcomeMatch::Status(StatusRange::class(5)),
+            ]),
+            eject_for: Duration::from_secs(30),
+            max_eject_for: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// The wait for a free upstream when every usable one is at its `max_conns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Requests that may wait at once; beyond it they get a 503 at once.
+    pub size: usize,
+    /// How long a request may wait before it gets a 503.
+    pub timeout: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            size: 1000,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Timeouts towards upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a TCP connection to an upstream.
+    pub connect: Duration,
+    /// Waiting for each read from an upstream (response header or body); exceeded → 504.
+    pub read: Duration,
+    /// Waiting for each write to an upstream.
+    pub write: Duration,
+    /// How long an idle keep-alive connection, to a client or to an upstream, is kept open.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What kind of active health check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckType {
+    /// A TCP connect succeeds.
+    #[default]
+    Tcp,
+    /// A `GET path` answers with an expected status.
+    Http,
+    /// No active checks: every upstream is always considered up.
+    None,
+}
+
+/// Active health checking of upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub kind: CheckType,
+    /// Time between the starts of two check rounds.
+    pub interval: Duration,
+    /// How long one check may take before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive passes before a down upstream rejoins the rotation.
+    pub healthy_after: usize,
+    /// Consecutive failures before an up upstream leaves the rotation.
+    pub unhealthy_after: usize,
+    /// `http` only: the path requested.
+    pub path: String,
+    /// `http` only: the Host header sent.
+    pub host: String,
+    /// `http` only: the statuses that count as healthy.
+    pub expect_status: Vec<StatusRange>,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: CheckType::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_after: 2,
+            unhealthy_after: 3,
+            path: "/".to_string(),
+            host: "localhost".to_string(),
+            expect_status: vec![StatusRange::single(200)],
+        }
+    }
+}
+
+/// The admin listener: metrics, the upstream API and the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// The bearer token read from `token_file`; when set, every API request must carry it.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// The Apache/nginx combined format plus lb's fields.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The access log: a line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// A file path, or `None` for standard output.
+    pub path: Option<PathBuf>,
+    pub format: AccessLogFormat,
+}
+
+/// One pool of upstreams and how requests are balanced over it: every key that is about the
+/// upstreams rather than the listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub upstreams: Vec<Upstream>,
+    pub selection: Selection,
+    /// `consistent_hash` only: what is hashed.
+    pub hash_key: HashKey,
+    pub retries: RetryPolicy,
+    pub timeouts: Timeouts,
+    pub health_check: HealthCheckConfig,
+    pub passive_health: PassiveHealth,
+    /// How long a newly healthy upstream takes to ramp up to its full weight; zero for at once.
+    pub slow_start: Duration,
+    pub queue: QueueConfig,
+}
+
+impl PoolConfig {
+    /// A pool with every default over `upstreams`.
+    pub fn with_defaults(upstreams: Vec<Upstream>) -> Self {
+        PoolConfig {
+            upstreams,
+            selection: Selection::default(),
+            hash_key: HashKey::default(),
+            retries: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
+            health_check: HealthCheckConfig::default(),
+            passive_health: PassiveHealth::default(),
+            slow_start: Duration::ZERO,
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+/// The validated `lb:` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbConfig {
+    pub listen: Vec<SocketAddr>,
+    pub pool: PoolConfig,
+    /// Off when `None`.
+    pub admin: Option<AdminConfig>,
+    /// Off when `None`.
+    pub access_log: Option<AccessLogSettings>,
+}
+
+impl LbConfig {
+    /// Every address the process listens on: the proxy's and the admin listener's.
+    pub fn all_listeners(&self) -> Vec<SocketAddr> {
+        let mut all = self.listen.clone();
+        all.extend(self.admin.as_ref().map(|a| a.listen));
+        all
+    }
+
+    /// A configuration with every default, for `listen` and `upstreams`.
+    pub fn with_defaults(listen: Vec<SocketAddr>, upstreams: Vec<Upstream>) -> Self {
+        LbConfig {
+            listen,
+            pool: PoolConfig::with_defaults(upstreams),
+            admin: None,
+            access_log: None,
+        }
+    }
+}

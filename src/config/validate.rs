@@ -1,0 +1,370 @@
+//! Validation of the `lb:` section, one function per section: defaults filled in, ranges and
+//! cross-references checked, every error naming its key path.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+
+use super::raw::*;
+use super::types::*;
+use super::values::{non_zero, parse_hash_key, resolve};
+use super::ConfigError;
+use crate::outcome::OutcomeSet;
+
+impl RawLb {
+    /// Validates the whole section against the pingora settings it runs under.
+    pub(crate) fn validate(self, server: &ServerConf) -> Result<LbConfig, ConfigError> {
+        let listen = validate_listen(self.listen)?;
+        let pool = PoolConfig {
+            upstreams: validate_upstreams(self.upstreams)?,
+            selection: self.selection,
+            hash_key: match self.hash_key {
+                Some(text) => parse_hash_key(&text)
+                    .map_err(|reason| ConfigError::invalid("lb.hash_key", reason))?,
+                None => HashKey::default(),
+            },
+            retries: validate_retries(self.retries, server)?,
+            timeouts: validate_timeouts(self.timeouts)?,
+            health_check: validate_health_check(self.health_check)?,
+            passive_health: validate_passive(self.passive_health)?,
+            slow_start: self.slow_start.map_or(Duration::ZERO, |d| d.0),
+            queue: validate_queue(self.queue)?,
+        };
+        let admin = self
+            .admin
+            .map(|raw| validate_admin(raw, &listen))
+            .transpose()?;
+        let access_log = self.access_log.map(validate_access_log).transpose()?;
+        Ok(LbConfig {
+            listen,
+            pool,
+            admin,
+            access_log,
+        })
+    }
+}
+
+fn validate_listen(raw: Option<Vec<String>>) -> Result<Vec<SocketAddr>, ConfigError> {
+    let listen_raw = raw.ok_or_else(|| {
+        ConfigError::invalid(
+            "lb.listen",
+            "missing: give at least one address such as \"0.0.0.0:80\"",
+        )
+    })?;
+    if listen_raw.is_empty() {
+        return Err(ConfigError::invalid(
+            "lb.listen",
+            "empty: give at least one address such as \"0.0.0.0:80\"",
+        ));
+    }
+    let mut listen = Vec::with_capacity(listen_raw.len());
+    for (i, text) in listen_raw.iter().enumerate() {
+        let key = format!("lb.listen[{i}]");
+        let addr: SocketAddr = text.trim().parse().map_err(|_| {
+            ConfigError::invalid(
+                &key,
+                format!("invalid address `{text}`: write ip:port, e.g. 0.0.0.0:80 or [::]:80"),
+            )
+        })?;
+        if listen.contains(&addr) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("`{text}` is listed twice"),
+            ));
+        }
+        listen.push(addr);
+    }
+    Ok(listen)
+}
+
+fn validate_upstreams(raw: Option<Vec<RawUpstream>>) -> Result<Vec<Upstream>, ConfigError> {
+    let upstreams_raw = raw.ok_or_else(|| {
+        ConfigError::invalid("lb.upstreams", "missing: give at least one backend address")
+    })?;
+    if upstreams_raw.is_empty() {
+        return Err(ConfigError::invalid(
+            "lb.upstreams",
+            "empty: give at least one backend address",
+        ));
+    }
+    let mut upstreams: Vec<Upstream> = Vec::with_capacity(upstreams_raw.len());
+    let mut seen = std::collections::HashMap::with_capacity(upstreams_raw.len());
+    for (i, raw) in upstreams_raw.into_iter().enumerate() {
+        let addr = resolve(&format!("lb.upstreams[{i}].addr"), raw.addr.trim())?;
+        let weight = raw.weight.unwrap_or(1);
+        if weight == 0 {
+            return Err(ConfigError::invalid(
+                format!("lb.upstreams[{i}].weight"),
+                "must be at least 1 (remove the upstream to send it nothing)",
+            ));
+        }
+        if weight > MAX_WEIGHT {
+            return Err(ConfigError::invalid(
+                format!("lb.upstreams[{i}].weight"),
+                format!("{weight} is above the maximum of {MAX_WEIGHT}"),
+            ));
+        }
+        if raw.max_conns == Some(0) {
+            return Err(ConfigError::invalid(
+                format!("lb.upstreams[{i}].max_conns"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        // A map, not a scan of the list: validation stays linear in the number of upstreams.
+        if let Some(&other) = seen.get(&addr) {
+            let other: &Upstream = &upstreams[other];
+            return Err(ConfigError::invalid(
+                format!("lb.upstreams[{i}]"),
+                format!("`{}` is the same upstream as `{}`", raw.addr, other.name),
+            ));
+        }
+        seen.insert(addr, upstreams.len());
+        upstreams.push(Upstream {
+            name: raw.addr.trim().to_owned(),
+            addr,
+            weight,
+            max_conns: raw.max_conns,
+            backup: raw.backup.unwrap_or(false),
+        });
+    }
+    if upstreams.iter().all(|u| u.backup) {
+        return Err(ConfigError::invalid(
+            "lb.upstreams",
+            "every upstream is a backup: at least one must be a primary",
+        ));
+    }
+    Ok(upstreams)
+}
+
+fn validate_queue(raw: RawQueue) -> Result<QueueConfig, ConfigError> {
+    let defaults = QueueConfig::default();
+    Ok(QueueConfig {
+        size: raw.size.unwrap_or(defaults.size),
+        timeout: non_zero(
+            "lb.queue.timeout",
+            raw.timeout.map_or(defaults.timeout, |d| d.0),
+        )?,
+    })
+}
+
+fn validate_timeouts(t: RawTimeouts) -> Result<Timeouts, ConfigError> {
+    let defaults = Timeouts::default();
+    Ok(Timeouts {
+        connect: non_zero(
+            "lb.timeouts.connect",
+            t.connect.map_or(defaults.connect, |d| d.0),
+        )?,
+        read: non_zero("lb.timeouts.read", t.read.map_or(defaults.read, |d| d.0))?,
+        write: non_zero("lb.timeouts.write", t.write.map_or(defaults.write, |d| d.0))?,
+        idle: non_zero("lb.timeouts.idle", t.idle.map_or(defaults.idle, |d| d.0))?,
+    })
+}
+
+fn validate_health_check(h: RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
+    let defaults = HealthCheckConfig::default();
+    let count = |key: &str, v: Option<usize>, default: usize| -> Result<usize, ConfigError> {
+        match v.unwrap_or(default) {
+            0 => Err(ConfigError::invalid(key, "must be at least 1")),
+            n => Ok(n),
+        }
+    };
+    let path = h.path.unwrap_or(defaults.path);
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid(
+            "lb.health_check.path",
+            format!("`{path}` must start with / and contain no spaces"),
+        ));
+    }
+    let host = h.host.unwrap_or(defaults.host);
+    if host.is_empty() || http::HeaderValue::from_str(&host).is_err() {
+        return Err(ConfigError::invalid(
+            "lb.health_check.host",
+            format!("`{host}` is not a valid Host header value"),
+        ));
+    }
+    let expect_status = match h.expect_status {
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::invalid(
+                "lb.health_check.expect_status",
+                "empty: give at least one status, e.g. [200] or [\"200-399\"]",
+            ))
+        }
+        Some(list) => list.into_iter().map(|s| s.0).collect(),
+        None => defaults.expect_status,
+    };
+    Ok(HealthCheckConfig {
+        kind: h.kind,
+        interval: non_zero(
+            "lb.health_check.interval",
+            h.interval.map_or(defaults.interval, |d| d.0),
+        )?,
+        timeout: non_zero(
+            "lb.health_check.timeout",
+            h.timeout.map_or(defaults.timeout, |d| d.0),
+        )?,
+        healthy_after: count(
+            "lb.health_check.healthy_after",
+            h.healthy_after,
+            defaults.healthy_after,
+        )?,
+        unhealthy_after: count(
+            "lb.health_check.unhealthy_after",
+            h.unhealthy_after,
+            defaults.unhealthy_after,
+        )?,
+        path,
+        host,
+        expect_status,
+    })
+}
+
+fn validate_access_log(raw: RawAccessLog) -> Result<AccessLogSettings, ConfigError> {
+    let path = raw.path.trim();
+    if path.is_empty() {
+        return Err(ConfigError::invalid(
+            "lb.access_log.path",
+            "empty: give a file path or \"stdout\"",
+        ));
+    }
+    Ok(AccessLogSettings {
+        path: (path != "stdout").then(|| PathBuf::from(path)),
+        format: raw.format,
+    })
+}
+
+fn validate_admin(raw: RawAdmin, listen: &[SocketAddr]) -> Result<AdminConfig, ConfigError> {
+    let addr: SocketAddr = raw.listen.trim().parse().map_err(|_| {
+        ConfigError::invalid(
+            "lb.admin.listen",
+            format!(
+                "invalid address `{}`: write ip:port, e.g. 127.0.0.1:9901",
+                raw.listen
+            ),
+        )
+    })?;
+    if listen.contains(&addr) {
+        return Err(ConfigError::invalid(
+            "lb.admin.listen",
+            format!("{addr} is also in lb.listen: the admin listener needs its own address"),
+        ));
+    }
+    let token = match &raw.token_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(
+                    "lb.admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let token = text.trim().to_string();
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::invalid(
+                    "lb.admin.token_file",
+                    format!(
+                        "{} must hold one token of at least 16 characters without spaces",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(token)
+        }
+    };
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "lb.admin.token_file",
+            format!(
+                "required: the admin listener {addr} is not a loopback address, so it needs a token"
+            ),
+        ));
+    }
+    Ok(AdminConfig {
+        listen: addr,
+        token,
+        token_file: raw.token_file,
+    })
+}
+
+fn failure_set(list: Option<Vec<FailureValue>>, default: OutcomeSet) -> OutcomeSet {
+    match list {
+        Some(list) => OutcomeSet(list.into_iter().map(|f| f.0).collect()),
+        None => default,
+    }
+}
+
+fn validate_retries(
+    raw: Option<RawRetries>,
+    server: &ServerConf,
+) -> Result<RetryPolicy, ConfigError> {
+    let defaults = RetryPolicy::default();
+    let block = match raw {
+        None => RawRetryBlock::default(),
+        Some(RawRetries::Attempts(n)) => RawRetryBlock {
+            attempts: Some(n),
+            ..RawRetryBlock::default()
+        },
+        Some(RawRetries::Block(block)) => block,
+    };
+    let attempts = block.attempts.unwrap_or(defaults.attempts);
+    if attempts >= server.max_retries {
+        return Err(ConfigError::invalid(
+            "lb.retries.attempts",
+            format!(
+                "{attempts} must be below the server's max_retries ({})",
+                server.max_retries
+            ),
+        ));
+    }
+    let budget_percent = block.budget_percent.unwrap_or(defaults.budget_percent);
+    if budget_percent > 100 {
+        return Err(ConfigError::invalid(
+            "lb.retries.budget_percent",
+            format!("{budget_percent} is above 100"),
+        ));
+    }
+    Ok(RetryPolicy {
+        attempts,
+        on: failure_set(block.on, defaults.on),
+        budget_percent,
+        budget_min_per_second: block
+            .budget_min_per_second
+            .unwrap_or(defaults.budget_min_per_second),
+    })
+}
+
+fn validate_passive(raw: RawPassiveHealth) -> Result<PassiveHealth, ConfigError> {
+    let defaults = PassiveHealth::default();
+    let eject_for = non_zero(
+        "lb.passive_health.eject_for",
+        raw.eject_for.map_or(defaults.eject_for, |d| d.0),
+    )?;
+    let max_eject_for = raw
+        .max_eject_for
+        .map_or(defaults.max_eject_for.max(eject_for), |d| d.0);
+    if max_eject_for < eject_for {
+        return Err(ConfigError::invalid(
+            "lb.passive_health.max_eject_for",
+            "must not be shorter than eject_for",
+        ));
+    }
+    let max_ejected_percent = raw
+        .max_ejected_percent
+        .unwrap_or(defaults.max_ejected_percent);
+    if max_ejected_percent > 100 {
+        return Err(ConfigError::invalid(
+            "lb.passive_health.max_ejected_percent",
+            format!("{max_ejected_percent} is above 100"),
+        ));
+    }
+    Ok(PassiveHealth {
+        consecutive_failures: raw
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
+        on: failure_set(raw.on, defaults.on),
+        eject_for,
+        max_eject_for,
+        max_ejected_percent,
+    })
+}

@@ -1,0 +1,87 @@
+//! Active health checks.
+//!
+//! Depends on: [`crate::balancer`] (the upstream states it marks and the routing it checks),
+//! [`crate::config`], [`crate::outcome`]. The operations layer builds it and is told, through a
+//! callback, when the first round is done.
+//!
+//! pingora's [`TcpHealthCheck`] and [`HttpHealthCheck`] do the probing; [`UpstreamCheck`] wraps
+//! them to add what operators need on top: a timeout per check, the `healthy_after` /
+//! `unhealthy_after` hysteresis, a first round that decides the initial state of every upstream
+//! (pingora would otherwise start them all as healthy), and one log line per state change with
+//! the reason. [`HealthService`] runs the rounds in the background and tells the server it is
+//! ready only after the first round, so no request reaches an upstream that was down at start.
+
+mod check;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
+
+use crate::balancer::SharedRouting;
+
+pub use check::{build_check, UpstreamCheck};
+
+/// Runs the health-check rounds in the background, always on the current routing (a reload
+/// may replace it between two rounds).
+pub struct HealthService {
+    routing: SharedRouting,
+    /// Called once the first round has decided every upstream's state (an upgrading process
+    /// tells `lb upgrade` it may ask the old one to hand over).
+    on_first_round: Box<dyn Fn() + Send + Sync>,
+}
+
+impl HealthService {
+    pub fn new(routing: SharedRouting, on_first_round: impl Fn() + Send + Sync + 'static) -> Self {
+        HealthService {
+            routing,
+            on_first_round: Box::new(on_first_round),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        // Every upstream is checked once, concurrently, before traffic is served.
+        let first = self.routing.load_full();
+        first.check_round().await;
+        first.registry.set_serving();
+        (self.on_first_round)();
+        ready.notify_ready();
+        loop {
+            let routing = self.routing.load_full();
+            let Some(interval) = routing.check_interval() else {
+                // Checks are off (a reload may turn them on); ejections still end.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                        routing.end_due_ejections();
+                        continue;
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            };
+            // Ejections end on their own time, between check rounds: look every 250 ms.
+            let round = tokio::time::Instant::now() + interval;
+            while tokio::time::Instant::now() < round {
+                let tick = (round - tokio::time::Instant::now()).min(Duration::from_millis(250));
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            return;
+                        }
+                    }
+                }
+                self.routing.load().end_due_ejections();
+            }
+            self.routing.load_full().check_round().await;
+        }
+    }
+}

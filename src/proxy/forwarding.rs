@@ -1,0 +1,114 @@
+//! Headers a proxy adds or removes: the forwarding headers on the way to the upstream, the
+//! hop-by-hop headers on the way back.
+
+use http::header::{self, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// Adds X-Forwarded-For, -Proto and -Host to the request sent upstream.
+pub(super) fn add_forwarding_headers(session: &Session, request: &mut RequestHeader) -> Result<()> {
+    // pingora has already removed the hop-by-hop headers (including those named in
+    // `Connection`) and kept only a WebSocket upgrade; we add the forwarding headers.
+    if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+        let ip = client.ip().to_string();
+        let forwarded_for = match request.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            Some(Ok(previous)) if !previous.trim().is_empty() => format!("{previous}, {ip}"),
+            _ => ip,
+        };
+        request.insert_header("X-Forwarded-For", forwarded_for)?;
+    }
+    request.insert_header("X-Forwarded-Proto", "http")?;
+    let host = session
+        .req_header()
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| {
+            session
+                .req_header()
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
+    match host {
+        Some(host) => request.insert_header("X-Forwarded-Host", host)?,
+        None => {
+            request.remove_header("X-Forwarded-Host");
+        }
+    }
+    Ok(())
+}
+
+/// Removes the hop-by-hop headers of an upstream's response; a protocol switch (WebSocket)
+/// keeps `Upgrade` and says `Connection: upgrade`.
+pub(super) fn strip_hop_by_hop(response: &mut ResponseHeader) -> Result<()> {
+    let switching = response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    for name in hop_by_hop(&response.headers, switching) {
+        response.remove_header(&name);
+    }
+    if switching {
+        response.insert_header(header::CONNECTION, "upgrade")?;
+    }
+    Ok(())
+}
+
+/// Headers that only describe one connection and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 4] = [
+    header::CONNECTION,
+    header::TE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// The hop-by-hop headers present in `headers`, including any named in `Connection`. With
+/// `keep_upgrade` the `Upgrade` header (of a WebSocket handshake, say) is kept.
+fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    let listed = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok());
+    let upgrade = (!keep_upgrade).then_some(header::UPGRADE);
+    HOP_BY_HOP
+        .iter()
+        .cloned()
+        .chain(listed)
+        .chain(upgrade)
+        .filter(|name| headers.contains_key(name) && !(keep_upgrade && name == header::UPGRADE))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", "keep-alive, X-Secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        for name in hop_by_hop(&h, false) {
+            h.remove(name);
+        }
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_survives_when_asked() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        for name in hop_by_hop(&h, true) {
+            h.remove(name);
+        }
+        assert!(h.contains_key("upgrade"));
+        assert!(!h.contains_key("connection"));
+    }
+}

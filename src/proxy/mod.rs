@@ -1,0 +1,389 @@
+//! The request path: pingora's [`ProxyHttp`] hooks for the balancer.
+//!
+//! - this file: the hooks and the per-request state ([`RequestCtx`]): pick an upstream, count
+//!   each attempt's [`Outcome`], decide retries;
+//! - [`forwarding`]: the forwarding headers and the hop-by-hop headers;
+//! - [`errors`]: lb's own error kinds and the short responses sent for them;
+//! - [`request_key`]: what a request hashes on for `consistent_hash`;
+//! - [`client`]: the client-connection wrapper that keeps idle keep-alive connections lean;
+//! - [`in_flight`]: the count of requests being proxied.
+//!
+//! Depends on: [`crate::balancer`], [`crate::config`], [`crate::observe`], [`crate::outcome`].
+
+mod client;
+mod errors;
+mod forwarding;
+mod in_flight;
+mod request_key;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::balancer::{passive, Lease, Routing, SharedRouting};
+use crate::config::Selection;
+use crate::observe::access_log::AccessEntry;
+use crate::outcome::{describe_error, Outcome};
+
+pub use client::ClientApp;
+pub use in_flight::{InFlight, InFlightGuard};
+
+/// The load-balancing proxy.
+pub struct LbProxy {
+    routing: SharedRouting,
+    in_flight: InFlight,
+}
+
+impl LbProxy {
+    pub fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
+        LbProxy { routing, in_flight }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    /// The routing this request started with; a reload does not change it midway.
+    routing: Arc<Routing>,
+    /// Upstreams this request was sent to, in order; never picked again for it.
+    pub tried: Vec<SocketAddr>,
+    /// The upstream of the current attempt, held (for `max_conns` and `least_conn`) until the
+    /// attempt ends.
+    lease: Option<Lease>,
+    /// When the current attempt started.
+    attempt_started: Option<Instant>,
+    /// Whether the current attempt's outcome has been counted.
+    attempt_recorded: bool,
+    /// Time to the response header of the attempt that answered.
+    pub upstream_time: Option<Duration>,
+    pub started: Instant,
+    /// Retries made for this request.
+    pub retries: u32,
+    _in_flight: InFlightGuard,
+}
+
+impl RequestCtx {
+    /// Whether the retry policy still allows another upstream (attempts and budget). Spends
+    /// from the budget when it does.
+    fn may_retry(&self) -> bool {
+        let policy = &self.routing.config.pool.retries;
+        if self.tried.len() > policy.attempts {
+            return false;
+        }
+        if !self.routing.pool.has_usable(&self.tried) {
+            return false;
+        }
+        if self.routing.registry.retry_budget.try_retry(policy) {
+            true
+        } else {
+            self.routing
+                .registry
+                .metrics()
+                .retries_denied_by_budget
+                .inc();
+            log::debug!("retry budget spent: not retrying");
+            false
+        }
+    }
+
+    /// Counts the end of the current attempt: stats, passive health, latency estimate.
+    fn record_attempt(&mut self, outcome: Outcome, what: impl FnOnce() -> String) {
+        if std::mem::replace(&mut self.attempt_recorded, true) {
+            return;
+        }
+        let Some(lease) = &self.lease else { return };
+        let state = lease.state();
+        let elapsed = self.attempt_started.map(|t| t.elapsed());
+        let latency = match outcome {
+            Outcome::Status(_) => elapsed,
+            _ => None,
+        };
+        state.stats.record(outcome, latency);
+        if let Some(elapsed) = elapsed {
+            state.observe_latency(elapsed);
+        }
+        passive::record(
+            &self.routing.config.pool.passive_health,
+            &self.routing.pool.members,
+            state,
+            outcome,
+            what,
+        );
+    }
+
+    /// The current attempt failed and another upstream will be tried.
+    fn count_retry(&mut self) {
+        self.retries += 1;
+        if let Some(lease) = &self.lease {
+            lease.state().stats.record_retry();
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for LbProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            routing: self.routing.load_full(),
+            tried: Vec::new(),
+            lease: None,
+            attempt_started: None,
+            attempt_recorded: false,
+            upstream_time: None,
+            started: Instant::now(),
+            retries: 0,
+            _in_flight: self.in_flight.enter(),
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        session.set_keepalive(Some(ctx.routing.config.pool.timeouts.idle.as_secs().max(1)));
+        ctx.routing.registry.retry_budget.record_request();
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        // A previous attempt (when retrying) lets go of its upstream first.
+        ctx.lease = None;
+        let routing = &ctx.routing;
+        let hash = match routing.config.pool.selection {
+            Selection::ConsistentHash => {
+                request_key::request_hash(session, &routing.config.pool.hash_key)
+            }
+            _ => 0,
+        };
+        let lease = routing
+            .pool
+            .acquire(hash, &ctx.tried, &routing.config.pool.queue)
+            .await
+            .map_err(errors::acquire_error)?;
+        let addr = lease.upstream().addr;
+        ctx.tried.push(addr);
+        ctx.lease = Some(lease);
+        ctx.attempt_started = Some(Instant::now());
+        ctx.attempt_recorded = false;
+        let timeouts = &ctx.routing.config.pool.timeouts;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(timeouts.connect);
+        options.total_connection_timeout = Some(timeouts.connect);
+        options.read_timeout = Some(timeouts.read);
+        options.write_timeout = Some(timeouts.write);
+        options.idle_timeout = Some(timeouts.idle);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        request: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forwarding::add_forwarding_headers(session, request)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forwarding::strip_hop_by_hop(response)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = response.status.as_u16();
+        if status == 101 || status < 100 {
+            return Ok(());
+        }
+        ctx.upstream_time = ctx.attempt_started.map(|t| t.elapsed());
+        ctx.record_attempt(Outcome::Status(status), || format!("HTTP {status}"));
+        // An answer `retries.on` names is dropped and the request goes elsewhere, if that is
+        // safe: nothing of it has reached the client yet.
+        if ctx
+            .routing
+            .config
+            .pool
+            .retries
+            .on
+            .contains(Outcome::Status(status))
+            && safe_to_repeat(session)
+            && ctx.may_retry()
+        {
+            ctx.count_retry();
+            log::warn!(
+                "upstream {} answered {status}; trying another upstream",
+                ctx.tried
+                    .last()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+            let mut e = Error::explain(
+                errors::RETRY_ON_STATUS,
+                format!("upstream answered {status}"),
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let reason = describe_error(&e);
+        ctx.record_attempt(Outcome::ConnectFailure, || format!("connect: {reason}"));
+        // Nothing of the request reached the upstream, so any request may go elsewhere.
+        if ctx
+            .routing
+            .config
+            .pool
+            .retries
+            .on
+            .contains(Outcome::ConnectFailure)
+            && ctx.may_retry()
+        {
+            ctx.count_retry();
+            log::warn!(
+                "upstream {} connect failed ({reason}); trying another upstream",
+                peer._address,
+            );
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        if e.etype() == &errors::RETRY_ON_STATUS {
+            // Decided (and counted) in upstream_response_filter.
+            return e;
+        }
+        let mut e = e.more_context(format!("upstream: {}", peer._address));
+        let upstream_side = e.esource() == &ErrorSource::Upstream;
+        let outcome = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Outcome::Timeout),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                Some(Outcome::Reset)
+            }
+            _ => None,
+        };
+        let Some(outcome) = outcome.filter(|_| upstream_side) else {
+            e.set_retry(false);
+            return e;
+        };
+        ctx.record_attempt(outcome, || match outcome {
+            Outcome::Timeout => "timeout".to_string(),
+            _ => format!("connection broken: {}", describe_error(&e)),
+        });
+        // A request may be repeated on another upstream only if repeating it is safe: an
+        // idempotent method whose whole body we still hold, and no response started towards
+        // the client.
+        let retry = ctx.routing.config.pool.retries.on.contains(outcome)
+            && safe_to_repeat(session)
+            && ctx.may_retry();
+        if retry {
+            ctx.count_retry();
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = errors::respond(session, e).await;
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let metrics = ctx.routing.registry.metrics();
+        metrics.count_request(status);
+        let total_time = ctx.started.elapsed();
+        metrics.request_duration.observe(total_time.as_secs_f64());
+        if let Some(access_log) = &ctx.routing.access_log {
+            let req = session.req_header();
+            let header = |name: http::header::HeaderName| {
+                req.headers.get(name).and_then(|v| v.to_str().ok())
+            };
+            let target = req
+                .uri
+                .path_and_query()
+                .map_or_else(|| req.uri.path(), |p| p.as_str());
+            let version = format!("{:?}", req.version);
+            access_log.log(&AccessEntry {
+                time: SystemTime::now()
+                    .checked_sub(total_time)
+                    .unwrap_or_else(SystemTime::now),
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: req.method.as_str(),
+                target,
+                version: &version,
+                status: status.unwrap_or(0),
+                bytes: session.body_bytes_sent() as u64,
+                referer: header(header::REFERER),
+                user_agent: header(header::USER_AGENT),
+                upstream: ctx.tried.last().copied(),
+                upstream_time: ctx.upstream_time,
+                total_time,
+                retries: ctx.retries,
+            });
+        }
+        if let Some(e) = e {
+            log::debug!(
+                "{} failed after trying {:?}: {e}",
+                session.request_summary(),
+                ctx.tried
+            );
+        }
+    }
+}
+
+/// Whether the request may be sent again: an idempotent method whose body we still hold
+/// whole, and nothing of a response sent to the client.
+fn safe_to_repeat(session: &Session) -> bool {
+    session.req_header().method.is_idempotent()
+        && !session.as_ref().retry_buffer_truncated()
+        && session.response_written().is_none()
+}
