@@ -7,8 +7,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb::balancer::selection::hash_bytes;
-use lb::balancer::{Pick, Pool, Registry};
+use lb::bench::{hash_bytes, Pick, Pool, Registry};
 use lb::config::{PoolConfig, Selection, Upstream};
 
 fn pool(selection: Selection, size: usize) -> Pool {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 /// Milliseconds on a monotonic clock that starts near zero when the process does; never 0, so
 /// that 0 can mean "never" in the atomics that hold these times.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }

@@ -12,17 +12,24 @@
 //! - [`ops`]: server assembly, reload, lifecycle, instance files, control commands;
 //! - [`demo`], [`cli`]: the built-in demo and the command line.
 
-pub mod admin;
-pub mod balancer;
+mod admin;
+mod balancer;
 pub mod cli;
-pub mod clock;
+mod clock;
 pub mod config;
 pub mod demo;
-pub mod health;
-pub mod observe;
+mod health;
+mod observe;
 pub mod ops;
-pub mod outcome;
-pub mod proxy;
+mod outcome;
+mod proxy;
+
+/// What the selection benchmark drives directly: a pool, its registry, and a pick.
+pub mod bench {
+    pub use crate::balancer::registry::Registry;
+    pub use crate::balancer::selection::hash_bytes;
+    pub use crate::balancer::selection::{Lease, Pick, Pool};
+}
 
 /// Sets up logging to stderr: level from `RUST_LOG`, `info` by default.
 ///

@@ -9,7 +9,7 @@ use std::fmt;
 
 /// How an attempt on an upstream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The TCP connection could not be made (refused, unreachable, connect timeout).
     ConnectFailure,
     /// The upstream did not answer in time once connected.
@@ -22,7 +22,7 @@ pub enum Outcome {
 
 /// The failure kinds counted per upstream in `lb_upstream_failures_total{kind=...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     Connect = 0,
     Timeout = 1,
     Reset = 2,
@@ -30,7 +30,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 4] = [
+    pub(crate) const ALL: [FailureKind; 4] = [
         FailureKind::Connect,
         FailureKind::Timeout,
         FailureKind::Reset,
@@ -38,7 +38,7 @@ impl FailureKind {
     ];
 
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             FailureKind::Connect => "connect",
             FailureKind::Timeout => "timeout",
@@ -50,7 +50,7 @@ impl FailureKind {
 
 impl Outcome {
     /// The failure this outcome counts as in the metrics, if any (a 5xx answer is one).
-    pub fn failure_kind(self) -> Option<FailureKind> {
+    pub(crate) fn failure_kind(self) -> Option<FailureKind> {
         match self {
             Outcome::ConnectFailure => Some(FailureKind::Connect),
             Outcome::Timeout => Some(FailureKind::Timeout),
@@ -61,7 +61,7 @@ impl Outcome {
     }
 
     /// The status of an answered attempt.
-    pub fn status(self) -> Option<u16> {
+    pub(crate) fn status(self) -> Option<u16> {
         match self {
             Outcome::Status(s) => Some(s),
             _ => None,
@@ -83,12 +83,12 @@ impl fmt::Display for Outcome {
 /// An inclusive range of HTTP status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusRange {
-    pub low: u16,
-    pub high: u16,
+    pub(crate) low: u16,
+    pub(crate) high: u16,
 }
 
 impl StatusRange {
-    pub const fn single(code: u16) -> Self {
+    pub(crate) const fn single(code: u16) -> Self {
         StatusRange {
             low: code,
             high: code,
@@ -96,14 +96,14 @@ impl StatusRange {
     }
 
     /// Every status of a class: `class(5)` is 500–599.
-    pub const fn class(class: u16) -> Self {
+    pub(crate) const fn class(class: u16) -> Self {
         StatusRange {
             low: class * 100,
             high: class * 100 + 99,
         }
     }
 
-    pub fn contains(&self, status: u16) -> bool {
+    pub(crate) fn contains(&self, status: u16) -> bool {
         (self.low..=self.high).contains(&status)
     }
 }
@@ -128,7 +128,7 @@ pub enum OutcomeMatch {
 }
 
 impl OutcomeMatch {
-    pub fn matches(self, outcome: Outcome) -> bool {
+    pub(crate) fn matches(self, outcome: Outcome) -> bool {
         match (self, outcome) {
             (OutcomeMatch::ConnectFailure, Outcome::ConnectFailure)
             | (OutcomeMatch::Timeout, Outcome::Timeout)
@@ -140,7 +140,7 @@ impl OutcomeMatch {
 
     /// Parses the written form: `connect_failure`, `timeout`, `reset`, `status_NNN`,
     /// `status_Nxx`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let bad = || {
             format!(
                 "unknown failure `{text}`: expected connect_failure, timeout, reset, \
@@ -169,7 +169,7 @@ impl OutcomeMatch {
 }
 
 /// A status code between 100 and 599.
-pub fn status_code(n: u64) -> Result<u16, String> {
+pub(crate) fn status_code(n: u64) -> Result<u16, String> {
     match u16::try_from(n) {
         Ok(code) if (100..=599).contains(&code) => Ok(code),
         _ => Err(format!(
@@ -195,7 +195,7 @@ impl fmt::Display for OutcomeMatch {
 pub struct OutcomeSet(pub Vec<OutcomeMatch>);
 
 impl OutcomeSet {
-    pub fn contains(&self, outcome: Outcome) -> bool {
+    pub(crate) fn contains(&self, outcome: Outcome) -> bool {
         self.0.iter().any(|m| m.matches(outcome))
     }
 }
@@ -209,7 +209,7 @@ impl fmt::Display for OutcomeSet {
 
 /// A short, operator-readable reason for a pingora error ("connection refused", "timed out"),
 /// for logs and the health-check detail.
-pub fn describe_error(e: &pingora::Error) -> String {
+pub(crate) fn describe_error(e: &pingora::Error) -> String {
     use pingora::ErrorType;
     match e.etype() {
         ErrorType::ConnectRefused => "connection refused".to_string(),

@@ -31,14 +31,14 @@ const STATUS_PAGE: &str = include_str!("status.html");
 const MAX_BODY: usize = 4096;
 
 /// The admin HTTP application.
-pub struct AdminApp {
+pub(crate) struct AdminApp {
     routing: SharedRouting,
     in_flight: InFlight,
     started: Instant,
 }
 
 impl AdminApp {
-    pub fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
+    pub(crate) fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
         AdminApp {
             routing,
             in_flight,
@@ -332,6 +332,8 @@ fn upstream_json(routing: &Routing, member: &Member, now: u64) -> Value {
         "drained": current.as_str() == "draining" && in_flight == 0,
         "reason": change.reason,
         "since": rfc3339(change.at),
+        // The state that change led to (slow start ending, say, changes `state` but not this).
+        "changed_to": change.state.as_str(),
         "last_check": last_check.map(|c| json!({
             "ok": c.ok,
             "at": rfc3339(c.at),
@@ -360,7 +362,7 @@ fn round(v: f64, digits: i32) -> f64 {
 }
 
 /// A time as RFC 3339 in UTC, to the millisecond.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()

@@ -12,14 +12,14 @@
 //! (metrics handles and the access log a routing carries). Not on the proxy, health checks or
 //! operations, which all build on it.
 
-pub mod passive;
-pub mod registry;
-pub mod retry_budget;
-pub mod routing;
-pub mod selection;
-pub mod upstream;
+pub(crate) mod passive;
+pub(crate) mod registry;
+pub(crate) mod retry_budget;
+pub(crate) mod routing;
+pub(crate) mod selection;
+pub(crate) mod upstream;
 
-pub use registry::Registry;
-pub use routing::{Routing, SharedRouting};
-pub use selection::{Lease, Member, Pick, Pool};
-pub use upstream::{AdminState, State, UpstreamState};
+pub(crate) use registry::Registry;
+pub(crate) use routing::{Routing, SharedRouting};
+pub(crate) use selection::{Lease, Member};
+pub(crate) use upstream::{AdminState, UpstreamState};

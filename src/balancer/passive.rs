@@ -17,7 +17,7 @@ use crate::outcome::Outcome;
 
 /// Counts the outcome of one attempt on `state`, a member of `members`: a failure of a kind
 /// the policy names may eject it; anything else ends its failure streak.
-pub fn record(
+pub(crate) fn record(
     policy: &PassiveHealth,
     members: &[Member],
     state: &UpstreamState,
@@ -59,7 +59,7 @@ pub fn record(
 }
 
 /// Ejects `state` for the length the policy gives this ejection; returns the length.
-pub fn eject(state: &UpstreamState, policy: &PassiveHealth, reason: &str) -> Duration {
+pub(crate) fn eject(state: &UpstreamState, policy: &PassiveHealth, reason: &str) -> Duration {
     let level = state.next_ejection_level(policy.max_eject_for).min(16);
     let length = policy
         .eject_for
@@ -70,7 +70,7 @@ pub fn eject(state: &UpstreamState, policy: &PassiveHealth, reason: &str) -> Dur
 }
 
 /// Ends the ejections whose time is up, with a log line each.
-pub fn end_due_ejections(members: &[Member]) {
+pub(crate) fn end_due_ejections(members: &[Member]) {
     let now = now_ms();
     for m in members {
         if m.state.end_ejection_if_due(now) {

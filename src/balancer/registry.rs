@@ -17,7 +17,7 @@ pub struct Registry {
     states: Mutex<HashMap<SocketAddr, Arc<UpstreamState>>>,
     /// Set once the first health round is done: upstreams added later ramp up.
     serving: AtomicBool,
-    pub retry_budget: RetryBudget,
+    pub(crate) retry_budget: RetryBudget,
     metrics: Arc<Metrics>,
     epochs: Arc<Epochs>,
 }
@@ -35,17 +35,17 @@ impl Registry {
     }
 
     /// The metrics every upstream and request of this process count into.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    pub fn epochs(&self) -> &Arc<Epochs> {
+    pub(crate) fn epochs(&self) -> &Arc<Epochs> {
         &self.epochs
     }
 
     /// The states of `upstreams`, in order, created where new. Addresses no longer configured
     /// are forgotten (requests still holding them keep their own reference).
-    pub fn members(&self, upstreams: &[Upstream]) -> Vec<Arc<UpstreamState>> {
+    pub(crate) fn members(&self, upstreams: &[Upstream]) -> Vec<Arc<UpstreamState>> {
         let ramp = self.serving.load(Ordering::Relaxed);
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let members: Vec<Arc<UpstreamState>> = upstreams
@@ -75,15 +75,7 @@ impl Registry {
         members
     }
 
-    pub fn get(&self, addr: &SocketAddr) -> Option<Arc<UpstreamState>> {
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(addr)
-            .cloned()
-    }
-
-    pub fn set_serving(&self) {
+    pub(crate) fn set_serving(&self) {
         self.serving.store(true, Ordering::Relaxed);
     }
 }

@@ -18,7 +18,7 @@ struct Slot {
 
 /// Requests and retries over the last [`WINDOW_SECONDS`], in one-second slots.
 #[derive(Default)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     slots: [Slot; WINDOW_SECONDS as usize],
 }
 
@@ -35,14 +35,14 @@ impl RetryBudget {
     }
 
     /// Counts one client request.
-    pub fn record_request(&self) {
+    pub(crate) fn record_request(&self) {
         self.slot(now_ms() / 1000)
             .requests
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Spends one retry if the budget allows it.
-    pub fn try_retry(&self, policy: &RetryPolicy) -> bool {
+    pub(crate) fn try_retry(&self, policy: &RetryPolicy) -> bool {
         let now = now_ms() / 1000;
         let (mut requests, mut retries) = (0, 0);
         for slot in &self.slots {

@@ -15,19 +15,19 @@ use crate::config::LbConfig;
 use crate::observe::access_log::AccessLog;
 
 /// How requests are routed right now.
-pub struct Routing {
-    pub config: LbConfig,
-    pub pool: Pool,
+pub(crate) struct Routing {
+    pub(crate) config: LbConfig,
+    pub(crate) pool: Pool,
     /// Every upstream's live state, shared by all routings of this process.
-    pub registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     /// Whether active checks are on.
     checked: bool,
     /// Off when `None`.
-    pub access_log: Option<AccessLog>,
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 /// The current routing, replaced as a whole on reload.
-pub type SharedRouting = Arc<ArcSwap<Routing>>;
+pub(crate) type SharedRouting = Arc<ArcSwap<Routing>>;
 
 /// An active health check over a pool's upstreams, as built by [`crate::health`].
 pub type Check = Box<dyn HealthCheck + Send + Sync>;
@@ -37,7 +37,7 @@ impl Routing {
     /// `check` (built over `registry.members(..)` of the pool) marks them up and down, or
     /// `None` when checks are off; `previous` lends its access log when that is configured
     /// the same.
-    pub fn new(
+    pub(crate) fn new(
         config: LbConfig,
         registry: Arc<Registry>,
         previous: Option<&Routing>,
@@ -66,25 +66,25 @@ impl Routing {
         })
     }
 
-    pub fn shared(self) -> SharedRouting {
+    pub(crate) fn shared(self) -> SharedRouting {
         Arc::new(ArcSwap::from_pointee(self))
     }
 
     /// Runs one round of active checks over every upstream, concurrently.
-    pub async fn check_round(&self) {
+    pub(crate) async fn check_round(&self) {
         if self.checked {
             self.pool.backends().run_health_check(true).await;
         }
     }
 
     /// Time between check rounds, or `None` when checks are off.
-    pub fn check_interval(&self) -> Option<Duration> {
+    pub(crate) fn check_interval(&self) -> Option<Duration> {
         self.checked
             .then_some(self.config.pool.health_check.interval)
     }
 
     /// Ends the passive ejections whose time is up.
-    pub fn end_due_ejections(&self) {
+    pub(crate) fn end_due_ejections(&self) {
         passive::end_due_ejections(&self.pool.members);
     }
 }

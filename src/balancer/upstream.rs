@@ -12,11 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::now_ms;
-use crate::observe::metrics::{Metrics, UpstreamStats};
+#[cfg(test)]
+use crate::observe::metrics::Metrics;
+use crate::observe::metrics::UpstreamStats;
 
 /// What the operator said about an upstream through the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminState {
+pub(crate) enum AdminState {
     Enabled = 0,
     /// Takes no new requests; those in flight finish.
     Draining = 1,
@@ -26,7 +28,7 @@ pub enum AdminState {
 
 /// The one state an upstream is in, most decisive first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     Disabled,
     Draining,
     /// Active checks say it is down.
@@ -39,7 +41,7 @@ pub enum State {
 }
 
 /// Every state, for metrics that export one series per state.
-pub const ALL_STATES: [State; 6] = [
+pub(crate) const ALL_STATES: [State; 6] = [
     State::Up,
     State::SlowStart,
     State::Ejected,
@@ -49,7 +51,7 @@ pub const ALL_STATES: [State; 6] = [
 ];
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Disabled => "disabled",
             State::Draining => "draining",
@@ -63,27 +65,27 @@ impl State {
 
 /// The last change of state, for the logs, the API and the status page.
 #[derive(Debug, Clone)]
-pub struct Change {
-    pub state: State,
-    pub reason: String,
-    pub at: SystemTime,
+pub(crate) struct Change {
+    pub(crate) state: State,
+    pub(crate) reason: String,
+    pub(crate) at: SystemTime,
 }
 
 /// The last active check of an upstream.
 #[derive(Debug, Clone)]
-pub struct CheckResult {
-    pub ok: bool,
-    pub detail: String,
-    pub at: SystemTime,
+pub(crate) struct CheckResult {
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
+    pub(crate) at: SystemTime,
 }
 
 /// What the active checks have settled on for one upstream (with hysteresis).
 #[derive(Debug, Clone, Default)]
-pub struct CheckState {
+pub(crate) struct CheckState {
     /// `None` until the first check of this upstream finished.
-    pub up: Option<bool>,
+    pub(crate) up: Option<bool>,
     /// Consecutive results that disagree with `up`.
-    pub streak: usize,
+    pub(crate) streak: usize,
 }
 
 /// How quickly the latency estimate forgets (peak-EWMA time constant).
@@ -92,13 +94,13 @@ const EWMA_DECAY: Duration = Duration::from_secs(5);
 const IDLE_DECAY: Duration = Duration::from_secs(1);
 
 /// The live state of one upstream address.
-pub struct UpstreamState {
-    pub addr: SocketAddr,
+pub(crate) struct UpstreamState {
+    pub(crate) addr: SocketAddr,
     in_flight: AtomicUsize,
     /// The verdict of the active checks (always true when they are off).
     healthy: AtomicBool,
-    pub check: Mutex<CheckState>,
-    pub last_check: Mutex<Option<CheckResult>>,
+    pub(crate) check: Mutex<CheckState>,
+    pub(crate) last_check: Mutex<Option<CheckResult>>,
     admin: AtomicU8,
     /// Weight set through the admin API; 0 means "as configured".
     weight_override: AtomicUsize,
@@ -117,7 +119,7 @@ pub struct UpstreamState {
     ewma_ns: AtomicU64,
     ewma_at_ms: AtomicU64,
     last_change: Mutex<Change>,
-    pub stats: UpstreamStats,
+    pub(crate) stats: UpstreamStats,
     /// The registry's change counters, bumped on every change of usability or weight.
     epochs: Arc<Epochs>,
 }
@@ -155,18 +157,19 @@ impl UpstreamState {
         }
     }
 
-    /// A state outside any registry, with metrics of its own, for tests and benchmarks.
-    pub fn detached(addr: SocketAddr) -> Arc<Self> {
+    /// A state outside any registry, with metrics of its own, for tests.
+    #[cfg(test)]
+    pub(crate) fn detached(addr: SocketAddr) -> Arc<Self> {
         let stats = UpstreamStats::new(&Metrics::new(), &addr.to_string());
         Arc::new(Self::new(addr, false, stats, Arc::default()))
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Takes a slot unless `limit` requests are already in flight.
-    pub fn try_acquire(&self, limit: Option<usize>) -> bool {
+    pub(crate) fn try_acquire(&self, limit: Option<usize>) -> bool {
         match limit {
             None => {
                 self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -181,17 +184,17 @@ impl UpstreamState {
         }
     }
 
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         let _ = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    pub fn admin(&self) -> AdminState {
+    pub(crate) fn admin(&self) -> AdminState {
         match self.admin.load(Ordering::Relaxed) {
             1 => AdminState::Draining,
             2 => AdminState::Disabled,
@@ -199,32 +202,25 @@ impl UpstreamState {
         }
     }
 
-    pub fn is_ejected(&self, now: u64) -> bool {
+    pub(crate) fn is_ejected(&self, now: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now
     }
 
     /// Whether the upstream may take a new request (capacity aside).
-    pub fn usable(&self, now: u64) -> bool {
+    pub(crate) fn usable(&self, now: u64) -> bool {
         self.is_healthy() && self.admin() == AdminState::Enabled && !self.is_ejected(now)
     }
 
     /// The weight in force: the admin override, else the configured one.
-    pub fn weight(&self, configured: usize) -> usize {
+    pub(crate) fn weight(&self, configured: usize) -> usize {
         match self.weight_override.load(Ordering::Relaxed) {
             0 => configured,
             w => w,
         }
     }
 
-    pub fn weight_override(&self) -> Option<usize> {
-        match self.weight_override.load(Ordering::Relaxed) {
-            0 => None,
-            w => Some(w),
-        }
-    }
-
     /// Share of its weight the upstream gets while slow start ramps it up (1.0 when done).
-    pub fn ramp(&self, now: u64, slow_start: Duration) -> f64 {
+    pub(crate) fn ramp(&self, now: u64, slow_start: Duration) -> f64 {
         let since = self.usable_since_ms.load(Ordering::Relaxed);
         if slow_start.is_zero() || since == 0 {
             return 1.0;
@@ -237,7 +233,7 @@ impl UpstreamState {
     }
 
     /// The state as the API and the logs show it.
-    pub fn state(&self, now: u64, slow_start: Duration) -> State {
+    pub(crate) fn state(&self, now: u64, slow_start: Duration) -> State {
         match self.admin() {
             AdminState::Disabled => State::Disabled,
             AdminState::Draining => State::Draining,
@@ -248,7 +244,7 @@ impl UpstreamState {
         }
     }
 
-    pub fn last_change(&self) -> Change {
+    pub(crate) fn last_change(&self) -> Change {
         self.last_change
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -265,7 +261,7 @@ impl UpstreamState {
     }
 
     /// Records the active checks' verdict. `first` is the very first verdict for this address.
-    pub fn set_healthy(&self, healthy: bool, first: bool, reason: &str) {
+    pub(crate) fn set_healthy(&self, healthy: bool, first: bool, reason: &str) {
         let was = self.healthy.swap(healthy, Ordering::AcqRel);
         if healthy && !was {
             // Back from being down by the active checks' word: an ejection made while it was
@@ -290,7 +286,7 @@ impl UpstreamState {
     }
 
     /// Turns active checking off for this upstream: it counts as healthy.
-    pub fn unchecked(&self) {
+    pub(crate) fn unchecked(&self) {
         *self.check.lock().unwrap_or_else(|p| p.into_inner()) = CheckState::default();
         if !self.healthy.swap(true, Ordering::AcqRel) {
             self.changed(State::Up, "active checks turned off".to_string());
@@ -298,7 +294,7 @@ impl UpstreamState {
         }
     }
 
-    pub fn set_last_check(&self, ok: bool, detail: String) {
+    pub(crate) fn set_last_check(&self, ok: bool, detail: String) {
         *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(CheckResult {
             ok,
             detail,
@@ -307,7 +303,7 @@ impl UpstreamState {
     }
 
     /// Applies an admin action; returns false when it changed nothing.
-    pub fn set_admin(&self, admin: AdminState, reason: &str) -> bool {
+    pub(crate) fn set_admin(&self, admin: AdminState, reason: &str) -> bool {
         let before = self.admin.swap(admin as u8, Ordering::AcqRel);
         if before == admin as u8 {
             return false;
@@ -330,21 +326,21 @@ impl UpstreamState {
         true
     }
 
-    pub fn set_weight_override(&self, weight: Option<usize>) {
+    pub(crate) fn set_weight_override(&self, weight: Option<usize>) {
         self.weight_override
             .store(weight.unwrap_or(0), Ordering::Relaxed);
         self.epochs.bump_weights();
     }
 
     /// A successful attempt: the failure streak ends.
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
     }
 
     /// A failed attempt; returns the consecutive failure count.
-    pub fn record_failure(&self) -> u32 {
+    pub(crate) fn record_failure(&self) -> u32 {
         self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
     }
 
@@ -374,7 +370,7 @@ impl UpstreamState {
     }
 
     /// Ends an ejection whose time is up; returns whether one ended (for its log line).
-    pub fn end_ejection_if_due(&self, now: u64) -> bool {
+    pub(crate) fn end_ejection_if_due(&self, now: u64) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         if until == 0 || until > now {
             return false;
@@ -398,13 +394,13 @@ impl UpstreamState {
     }
 
     /// When the current ejection ends (monotonic ms), if ejected.
-    pub fn ejected_until(&self, now: u64) -> Option<u64> {
+    pub(crate) fn ejected_until(&self, now: u64) -> Option<u64> {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         (until > now).then_some(until)
     }
 
     /// Folds one observed upstream latency into the peak-EWMA estimate.
-    pub fn observe_latency(&self, latency: Duration) {
+    pub(crate) fn observe_latency(&self, latency: Duration) {
         let now = now_ms();
         let sample = latency.as_nanos() as f64;
         let current = self.latency_estimate_at(now);
@@ -423,7 +419,7 @@ impl UpstreamState {
     /// The latency estimate in nanoseconds, decayed by the time since it was last fed: an
     /// upstream that became slow loses its traffic, so without this it would never be tried
     /// again. With it, it is probed every few seconds and wins its share back once fast.
-    pub fn latency_estimate_at(&self, now: u64) -> f64 {
+    pub(crate) fn latency_estimate_at(&self, now: u64) -> f64 {
         let value = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
         let at = self.ewma_at_ms.load(Ordering::Relaxed);
         let idle = now.saturating_sub(at) as f64;
@@ -437,7 +433,7 @@ const MIN_RAMP: f64 = 0.05;
 /// Change counters that selectors watch: a selector caching a view of the pool rebuilds it
 /// when the counter it was built for has moved.
 #[derive(Debug)]
-pub struct Epochs {
+pub(crate) struct Epochs {
     /// Bumped on every change of usability (health, ejection, admin).
     usability: AtomicU64,
     /// Bumped when an admin weight changes: weighted schedules are rebuilt.
@@ -454,11 +450,11 @@ impl Default for Epochs {
 }
 
 impl Epochs {
-    pub fn usability(&self) -> u64 {
+    pub(crate) fn usability(&self) -> u64 {
         self.usability.load(Ordering::Acquire)
     }
 
-    pub fn weights(&self) -> u64 {
+    pub(crate) fn weights(&self) -> u64 {
         self.weights.load(Ordering::Acquire)
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::outcome::{OutcomeMatch, OutcomeSet, StatusRange};
+pub use crate::outcome::{OutcomeMatch, OutcomeSet, StatusRange};
 
 /// How the next upstream is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -20,7 +20,7 @@ use crate::outcome::describe_error;
 ///
 /// The settled state of each upstream lives in its [`UpstreamState`], which outlives a reload:
 /// upstreams that stay keep their up/down state and streak instead of starting over.
-pub fn build_check(
+pub(crate) fn build_check(
     config: &HealthCheckConfig,
     members: &[Arc<UpstreamState>],
 ) -> Option<Box<dyn HealthCheck + Send + Sync>> {
@@ -75,7 +75,7 @@ fn http_check_request(config: &HealthCheckConfig) -> pingora::Result<pingora::ht
 /// It answers pingora with the *settled* state of the upstream (so pingora's own threshold is 1):
 /// a failing probe of an upstream that is still up counts towards `unhealthy_after` and reports
 /// success until the count is reached.
-pub struct UpstreamCheck {
+pub(crate) struct UpstreamCheck {
     probe: Box<dyn HealthCheck + Send + Sync>,
     timeout: Duration,
     healthy_after: usize,
@@ -84,7 +84,7 @@ pub struct UpstreamCheck {
 }
 
 impl UpstreamCheck {
-    pub fn new(
+    pub(crate) fn new(
         probe: Box<dyn HealthCheck + Send + Sync>,
         config: &HealthCheckConfig,
         members: &[Arc<UpstreamState>],

@@ -22,11 +22,11 @@ use pingora::services::ServiceReadyNotifier;
 
 use crate::balancer::SharedRouting;
 
-pub use check::{build_check, UpstreamCheck};
+pub(crate) use check::build_check;
 
 /// Runs the health-check rounds in the background, always on the current routing (a reload
 /// may replace it between two rounds).
-pub struct HealthService {
+pub(crate) struct HealthService {
     routing: SharedRouting,
     /// Called once the first round has decided every upstream's state (an upgrading process
     /// tells `lb upgrade` it may ask the old one to hand over).
@@ -34,7 +34,10 @@ pub struct HealthService {
 }
 
 impl HealthService {
-    pub fn new(routing: SharedRouting, on_first_round: impl Fn() + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        routing: SharedRouting,
+        on_first_round: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
         HealthService {
             routing,
             on_first_round: Box::new(on_first_round),

@@ -27,26 +27,26 @@ const QUEUE_LINES: usize = 65_536;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// One finished request.
-pub struct AccessEntry<'a> {
+pub(crate) struct AccessEntry<'a> {
     /// When the request started.
-    pub time: SystemTime,
-    pub client: Option<IpAddr>,
-    pub method: &'a str,
+    pub(crate) time: SystemTime,
+    pub(crate) client: Option<IpAddr>,
+    pub(crate) method: &'a str,
     /// Path and query as received.
-    pub target: &'a str,
-    pub version: &'a str,
+    pub(crate) target: &'a str,
+    pub(crate) version: &'a str,
     /// 0 when no response was sent.
-    pub status: u16,
+    pub(crate) status: u16,
     /// Response body bytes sent to the client.
-    pub bytes: u64,
-    pub referer: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
+    pub(crate) bytes: u64,
+    pub(crate) referer: Option<&'a str>,
+    pub(crate) user_agent: Option<&'a str>,
     /// The last upstream tried.
-    pub upstream: Option<SocketAddr>,
+    pub(crate) upstream: Option<SocketAddr>,
     /// From sending to the upstream until its response header.
-    pub upstream_time: Option<Duration>,
-    pub total_time: Duration,
-    pub retries: u32,
+    pub(crate) upstream_time: Option<Duration>,
+    pub(crate) total_time: Duration,
+    pub(crate) retries: u32,
 }
 
 /// The receiving end and the file, held until the writer thread takes them.
@@ -67,7 +67,7 @@ struct Shared {
 /// A handle on the access log; cheap to clone. The writer thread ends, after writing what is
 /// queued, when the last handle is dropped.
 #[derive(Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     sender: SyncSender<Message>,
     shared: Arc<Shared>,
     format: AccessLogFormat,
@@ -80,7 +80,7 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Opens the log now, so that a bad path is an error at start, and starts its writer.
-    pub fn open(settings: &AccessLogSettings) -> std::io::Result<AccessLog> {
+    pub(crate) fn open(settings: &AccessLogSettings) -> std::io::Result<AccessLog> {
         Self::with_capacity(settings, QUEUE_LINES)
     }
 
@@ -127,12 +127,12 @@ impl AccessLog {
     }
 
     /// The settings this log was opened with.
-    pub fn settings(&self) -> &AccessLogSettings {
+    pub(crate) fn settings(&self) -> &AccessLogSettings {
         &self.settings
     }
 
     /// Queues one line; never blocks.
-    pub fn log(&self, entry: &AccessEntry<'_>) {
+    pub(crate) fn log(&self, entry: &AccessEntry<'_>) {
         let mut line = match self.format {
             AccessLogFormat::Combined => combined(entry),
             AccessLogFormat::Json => json(entry),
@@ -148,17 +148,17 @@ impl AccessLog {
     }
 
     /// Asks the writer to reopen the file (after logrotate moved it).
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         self.shared.reopen.store(true, Ordering::Release);
     }
 
     /// Lines dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until every line logged so far is written, or `timeout` passes.
-    pub fn flush(&self, timeout: Duration) -> bool {
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
         self.start_writer();
         let done = Arc::new((Mutex::new(false), Condvar::new()));
         // Not for the request path: this may wait for room in the queue.

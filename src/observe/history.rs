@@ -6,9 +6,9 @@ use std::time::Duration;
 use crate::clock::now_ms;
 
 /// Seconds kept in the recent history.
-pub const HISTORY_SECONDS: usize = 60;
+pub(crate) const HISTORY_SECONDS: usize = 60;
 /// Recent figures (req/s, error rate, quantiles) are taken over this many seconds.
-pub const RECENT_SECONDS: usize = 10;
+pub(crate) const RECENT_SECONDS: usize = 10;
 
 /// Bounds (ms) of the buckets used for recent latency quantiles.
 const RECENT_BOUNDS_MS: [f64; 20] = [
@@ -114,13 +114,13 @@ impl History {
 
 /// The last seconds of one upstream.
 #[derive(Debug, Clone, Default)]
-pub struct Recent {
-    pub rps: f64,
-    pub error_rate: f64,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub rps_history: Vec<f64>,
-    pub p99_history: Vec<Option<f64>>,
+pub(crate) struct Recent {
+    pub(crate) rps: f64,
+    pub(crate) error_rate: f64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    pub(crate) rps_history: Vec<f64>,
+    pub(crate) p99_history: Vec<Option<f64>>,
 }
 
 /// The `q` quantile of a bucketed latency distribution, interpolated within its bucket.

@@ -18,8 +18,8 @@ use prometheus::{
 };
 
 /// The metrics of one process.
-pub struct Metrics {
-    pub registry: Registry,
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
     upstream_requests: IntCounterVec,
     upstream_responses: IntCounterVec,
     upstream_failures: IntCounterVec,
@@ -27,19 +27,19 @@ pub struct Metrics {
     upstream_ejections: IntCounterVec,
     upstream_latency: HistogramVec,
     /// Filled at scrape time from the upstream states.
-    pub upstream_in_flight: IntGaugeVec,
-    pub upstream_state: IntGaugeVec,
-    pub upstream_weight: IntGaugeVec,
+    pub(crate) upstream_in_flight: IntGaugeVec,
+    pub(crate) upstream_state: IntGaugeVec,
+    pub(crate) upstream_weight: IntGaugeVec,
     /// Whole requests as the client saw them, by status class (and "none" last), resolved
     /// once so that counting is one atomic add.
     requests: [IntCounter; 6],
-    pub request_duration: Histogram,
-    pub retries_denied_by_budget: IntCounter,
-    pub queue_rejected: IntCounterVec,
-    pub queued: IntGauge,
-    pub in_flight: IntGauge,
-    pub reloads: IntCounterVec,
-    pub access_log_dropped: IntGauge,
+    pub(crate) request_duration: Histogram,
+    pub(crate) retries_denied_by_budget: IntCounter,
+    pub(crate) queue_rejected: IntCounterVec,
+    pub(crate) queued: IntGauge,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) access_log_dropped: IntGauge,
 }
 
 /// Latency buckets (seconds) shared by the histograms: 0.5 ms to 30 s.
@@ -49,7 +49,7 @@ const BUCKETS: [f64; 16] = [
 ];
 
 /// Status classes, indexed by `status / 100 - 1`.
-pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn must<T>(result: prometheus::Result<T>) -> T {
     // The metric definitions are constants: an error here is a programming mistake caught by
@@ -61,7 +61,7 @@ fn must<T>(result: prometheus::Result<T>) -> T {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new();
         register_process_collector(&registry);
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -177,7 +177,7 @@ impl Metrics {
     }
 
     /// Counts one client request by the status it was answered with.
-    pub fn count_request(&self, status: Option<u16>) {
+    pub(crate) fn count_request(&self, status: Option<u16>) {
         let index = match status {
             Some(s) => (s / 100).clamp(1, 5) as usize - 1,
             None => 5,
@@ -187,7 +187,7 @@ impl Metrics {
 
     /// Forgets the series of an upstream that left the configuration; `states` are the labels
     /// its `lb_upstream_state` series may carry.
-    pub fn forget_upstream(&self, addr: &str, states: &[&str]) {
+    pub(crate) fn forget_upstream(&self, addr: &str, states: &[&str]) {
         let _ = self.upstream_requests.remove_label_values(&[addr]);
         let _ = self.upstream_retries.remove_label_values(&[addr]);
         let _ = self.upstream_ejections.remove_label_values(&[addr]);
@@ -208,7 +208,7 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::warn!("encoding metrics: {e}");
@@ -233,7 +233,7 @@ fn register_process_collector(registry: &Registry) {
 }
 
 /// One upstream's figures: its metric handles and its recent history.
-pub struct UpstreamStats {
+pub(crate) struct UpstreamStats {
     requests: IntCounter,
     responses: [IntCounter; 5],
     failures: [IntCounter; 4],
@@ -241,12 +241,12 @@ pub struct UpstreamStats {
     ejections_counter: IntCounter,
     latency: Histogram,
     /// Ejections, also kept here for the API.
-    pub ejections: AtomicU64,
+    pub(crate) ejections: AtomicU64,
     history: Mutex<History>,
 }
 
 impl UpstreamStats {
-    pub fn new(m: &Metrics, addr: &str) -> Self {
+    pub(crate) fn new(m: &Metrics, addr: &str) -> Self {
         UpstreamStats {
             requests: m.upstream_requests.with_label_values(&[addr]),
             responses: STATUS_CLASSES.map(|c| m.upstream_responses.with_label_values(&[addr, c])),
@@ -262,7 +262,7 @@ impl UpstreamStats {
 
     /// Records one finished attempt. `latency` is the time to the response header, when one
     /// arrived.
-    pub fn record(&self, outcome: Outcome, latency: Option<Duration>) {
+    pub(crate) fn record(&self, outcome: Outcome, latency: Option<Duration>) {
         self.requests.inc();
         if let Some(status) = outcome.status() {
             self.responses[(status / 100).clamp(1, 5) as usize - 1].inc();
@@ -280,16 +280,16 @@ impl UpstreamStats {
             .record(failure.is_some(), latency);
     }
 
-    pub fn record_retry(&self) {
+    pub(crate) fn record_retry(&self) {
         self.retries.inc();
     }
 
-    pub fn record_ejection(&self) {
+    pub(crate) fn record_ejection(&self) {
         self.ejections.fetch_add(1, Ordering::Relaxed);
         self.ejections_counter.inc();
     }
 
-    pub fn totals(&self) -> Totals {
+    pub(crate) fn totals(&self) -> Totals {
         Totals {
             requests: self.requests.get(),
             responses: self.responses.each_ref().map(|c| c.get()),
@@ -300,7 +300,7 @@ impl UpstreamStats {
     }
 
     /// Recent figures and the per-second history, oldest first.
-    pub fn recent(&self) -> Recent {
+    pub(crate) fn recent(&self) -> Recent {
         self.history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -310,12 +310,12 @@ impl UpstreamStats {
 
 /// Cumulative counts for one upstream.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Totals {
-    pub requests: u64,
-    pub responses: [u64; 5],
-    pub failures: u64,
-    pub retries: u64,
-    pub ejections: u64,
+pub(crate) struct Totals {
+    pub(crate) requests: u64,
+    pub(crate) responses: [u64; 5],
+    pub(crate) failures: u64,
+    pub(crate) retries: u64,
+    pub(crate) ejections: u64,
 }
 #[cfg(test)]
 mod tests {

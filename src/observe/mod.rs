@@ -8,6 +8,6 @@
 //! Depends on: [`crate::config`] (access log settings), [`crate::outcome`], [`crate::clock`];
 //! nothing above them. The balancer, proxy and admin count into it.
 
-pub mod access_log;
-pub mod history;
-pub mod metrics;
+pub(crate) mod access_log;
+pub(crate) mod history;
+pub(crate) mod metrics;

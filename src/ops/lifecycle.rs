@@ -16,11 +16,11 @@ use crate::balancer::SharedRouting;
 use crate::proxy::InFlight;
 
 /// The environment variable through which `lb upgrade` asks the new process to report progress.
-pub const READY_FILE_ENV: &str = "LB_UPGRADE_READY_FILE";
+pub(crate) const READY_FILE_ENV: &str = "LB_UPGRADE_READY_FILE";
 
 /// How far a new process started by `lb upgrade` has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpgradeStage {
+pub(crate) enum UpgradeStage {
     /// The first health-check round is done: the old process may be asked to hand over.
     Checked,
     /// The listeners are taken over and requests are served.
@@ -28,7 +28,7 @@ pub enum UpgradeStage {
 }
 
 impl UpgradeStage {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UpgradeStage::Checked => "checked",
             UpgradeStage::Serving => "serving",
@@ -37,7 +37,7 @@ impl UpgradeStage {
 }
 
 /// Tells a waiting `lb upgrade` (if any started this process) that `stage` is reached.
-pub fn notify_upgrader(stage: UpgradeStage) {
+pub(crate) fn notify_upgrader(stage: UpgradeStage) {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
     let path = PATH.get_or_init(|| std::env::var_os(READY_FILE_ENV).map(PathBuf::from));
     if let Some(path) = path {
@@ -48,7 +48,7 @@ pub fn notify_upgrader(stage: UpgradeStage) {
 }
 
 /// Starts once the proxy serves; on shutdown, ends the process as soon as no request is left.
-pub struct LifecycleService {
+pub(crate) struct LifecycleService {
     files: InstanceFiles,
     reload: Option<Arc<ReloadService>>,
     in_flight: InFlight,
@@ -58,7 +58,7 @@ pub struct LifecycleService {
 }
 
 impl LifecycleService {
-    pub fn new(
+    pub(crate) fn new(
         files: InstanceFiles,
         reload: Option<Arc<ReloadService>>,
         in_flight: InFlight,

@@ -12,6 +12,6 @@
 
 pub mod control;
 pub mod instance;
-pub mod lifecycle;
-pub mod reload;
+pub(crate) mod lifecycle;
+pub(crate) mod reload;
 pub mod server;

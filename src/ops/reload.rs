@@ -20,7 +20,7 @@ use crate::config::{Config, LbConfig, PoolConfig, Upstream};
 use crate::health;
 
 /// Builds the routing for `config` with its active health check (see [`Routing::new`]).
-pub fn build_routing(
+pub(crate) fn build_routing(
     config: LbConfig,
     registry: Arc<Registry>,
     previous: Option<&Routing>,
@@ -32,7 +32,7 @@ pub fn build_routing(
 
 /// Why a reload was not applied.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{0} changed: that needs `lb upgrade`; nothing was changed")]
@@ -42,7 +42,7 @@ pub enum ReloadError {
 }
 
 /// Re-reads the configuration on SIGHUP and applies what can change in place.
-pub struct ReloadService {
+pub(crate) struct ReloadService {
     routing: SharedRouting,
     config_path: PathBuf,
     /// The pingora server settings and listeners the process started with; changing them
@@ -55,7 +55,7 @@ pub struct ReloadService {
 }
 
 impl ReloadService {
-    pub fn new(routing: SharedRouting, config_path: PathBuf, config: &Config) -> Self {
+    pub(crate) fn new(routing: SharedRouting, config_path: PathBuf, config: &Config) -> Self {
         let files = InstanceFiles::new(&config.server.pid_file);
         let status = Status {
             config: config_path.clone(),
@@ -74,7 +74,7 @@ impl ReloadService {
     }
 
     /// Publishes the status file (done once serving, and after each reload).
-    pub fn publish_status(&self) {
+    pub(crate) fn publish_status(&self) {
         let mut status = self
             .status
             .lock()
@@ -88,7 +88,7 @@ impl ReloadService {
     }
 
     /// Reads the file again and swaps in the new routing; returns what changed.
-    pub async fn reload(&self) -> Result<String, ReloadError> {
+    pub(crate) async fn reload(&self) -> Result<String, ReloadError> {
         let config = Config::load(&self.config_path)?;
         if server_value(&config.server) != self.started_server {
             let changed = changed_keys(&self.started_server, &server_value(&config.server));

@@ -36,10 +36,10 @@ use tokio::sync::Notify;
 /// Size of the response write buffer: a header and a body of known length up to this size leave
 /// in one `write` (+15 % req/s for 16 KiB responses against unbuffered writes). Streamed bodies
 /// are flushed by pingora at every chunk, so real-time responses are not held back.
-pub const WRITE_BUFFER: usize = 32 * 1024;
+pub(crate) const WRITE_BUFFER: usize = 32 * 1024;
 
 /// Serves HTTP/1 client connections with `inner`, holding only the socket between requests.
-pub struct ClientApp<A> {
+pub(crate) struct ClientApp<A> {
     inner: Arc<A>,
     /// How long an idle keep-alive connection waits for its next request (read on every wait,
     /// so a reload's new `lb.timeouts.idle` applies at once).
@@ -49,7 +49,10 @@ pub struct ClientApp<A> {
 }
 
 impl<A> ClientApp<A> {
-    pub fn new(inner: A, idle_timeout: impl Fn() -> Duration + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        inner: A,
+        idle_timeout: impl Fn() -> Duration + Send + Sync + 'static,
+    ) -> Self {
         ClientApp {
             inner: Arc::new(inner),
             idle_timeout: Box::new(idle_timeout),
@@ -167,7 +170,7 @@ where
 
 /// A client stream whose writes are buffered in a buffer allocated on the first write of a
 /// response and freed when that response is flushed, so an idle connection carries none.
-pub struct WriteBuffered {
+pub(crate) struct WriteBuffered {
     inner: Stream,
     buf: Vec<u8>,
     /// Bytes of `buf` already written to `inner`.
@@ -176,7 +179,7 @@ pub struct WriteBuffered {
 }
 
 impl WriteBuffered {
-    pub fn new(inner: Stream, capacity: usize) -> Self {
+    pub(crate) fn new(inner: Stream, capacity: usize) -> Self {
         WriteBuffered {
             inner,
             buf: Vec::new(),

@@ -6,23 +6,23 @@ use std::sync::Arc;
 
 /// Requests being proxied right now.
 #[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub(crate) struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
     /// Counts a request until the returned guard is dropped.
-    pub fn enter(&self) -> InFlightGuard {
+    pub(crate) fn enter(&self) -> InFlightGuard {
         self.0.fetch_add(1, Ordering::Relaxed);
         InFlightGuard(self.0.clone())
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 /// Decrements the in-flight count when dropped.
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<AtomicUsize>);
+pub(crate) struct InFlightGuard(Arc<AtomicUsize>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {

@@ -32,27 +32,27 @@ use crate::config::Selection;
 use crate::observe::access_log::AccessEntry;
 use crate::outcome::{describe_error, Outcome};
 
-pub use client::ClientApp;
-pub use in_flight::{InFlight, InFlightGuard};
+pub(crate) use client::ClientApp;
+pub(crate) use in_flight::{InFlight, InFlightGuard};
 
 /// The load-balancing proxy.
-pub struct LbProxy {
+pub(crate) struct LbProxy {
     routing: SharedRouting,
     in_flight: InFlight,
 }
 
 impl LbProxy {
-    pub fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
+    pub(crate) fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
         LbProxy { routing, in_flight }
     }
 }
 
 /// Per-request state.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     /// The routing this request started with; a reload does not change it midway.
     routing: Arc<Routing>,
     /// Upstreams this request was sent to, in order; never picked again for it.
-    pub tried: Vec<SocketAddr>,
+    pub(crate) tried: Vec<SocketAddr>,
     /// The upstream of the current attempt, held (for `max_conns` and `least_conn`) until the
     /// attempt ends.
     lease: Option<Lease>,
@@ -61,10 +61,10 @@ pub struct RequestCtx {
     /// Whether the current attempt's outcome has been counted.
     attempt_recorded: bool,
     /// Time to the response header of the attempt that answered.
-    pub upstream_time: Option<Duration>,
-    pub started: Instant,
+    pub(crate) upstream_time: Option<Duration>,
+    pub(crate) started: Instant,
     /// Retries made for this request.
-    pub retries: u32,
+    pub(crate) retries: u32,
     _in_flight: InFlightGuard,
 }
 

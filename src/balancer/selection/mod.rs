@@ -18,7 +18,7 @@
 
 mod least_conn;
 mod p2c;
-pub mod queue;
+pub(crate) mod queue;
 mod ring;
 mod weighted;
 
@@ -47,9 +47,9 @@ pub use ring::hash_bytes;
 
 /// One configured upstream with its live state.
 #[derive(Clone)]
-pub struct Member {
-    pub upstream: Upstream,
-    pub state: Arc<UpstreamState>,
+pub(crate) struct Member {
+    pub(crate) upstream: Upstream,
+    pub(crate) state: Arc<UpstreamState>,
 }
 
 impl Member {
@@ -88,7 +88,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn state(&self) -> &Arc<UpstreamState> {
+    pub(crate) fn state(&self) -> &Arc<UpstreamState> {
         &self.tier.members[self.index].state
     }
 
@@ -108,10 +108,9 @@ impl Drop for Lease {
 pub struct Pool {
     /// pingora's upstream set: holds the active health checks.
     checked: LoadBalancer<RoundRobin>,
-    pub members: Vec<Member>,
+    pub(crate) members: Vec<Member>,
     primary: Arc<Tier>,
     backup: Option<Arc<Tier>>,
-    pub slow_start: Duration,
     /// Requests waiting for a slot below `max_conns`, and their wake-up.
     waiting: Arc<AtomicUsize>,
     freed: Arc<Notify>,
@@ -167,7 +166,6 @@ impl Pool {
             backup,
             primary,
             members,
-            slow_start: config.slow_start,
             waiting,
             freed,
             metrics: registry.metrics().clone(),
@@ -175,7 +173,7 @@ impl Pool {
     }
 
     /// pingora's upstream set with its health checks.
-    pub fn backends(&self) -> &Backends {
+    pub(crate) fn backends(&self) -> &Backends {
         self.checked.backends()
     }
 
@@ -191,7 +189,7 @@ impl Pool {
     }
 
     /// Whether any upstream outside `exclude` could take a request now (capacity aside).
-    pub fn has_usable(&self, exclude: &[SocketAddr]) -> bool {
+    pub(crate) fn has_usable(&self, exclude: &[SocketAddr]) -> bool {
         let now = now_ms();
         self.members.iter().any(|m| m.eligible(now, exclude))
     }
@@ -350,7 +348,7 @@ impl Tier {
 }
 
 /// pingora's description of one configured upstream.
-pub fn backend_for(upstream: &Upstream) -> Backend {
+pub(crate) fn backend_for(upstream: &Upstream) -> Backend {
     Backend {
         addr: PeerAddr::Inet(upstream.addr),
         weight: upstream.weight,

@@ -13,7 +13,7 @@ use crate::observe::metrics::Metrics;
 
 /// Why no upstream was acquired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcquireError {
+pub(crate) enum AcquireError {
     /// No upstream is usable at all.
     NoHealthyUpstream,
     /// Every usable upstream was already tried by this request.
@@ -27,7 +27,7 @@ pub enum AcquireError {
 impl Pool {
     /// Picks an upstream outside `tried`, waiting in the queue while every usable one is at
     /// its `max_conns`; `hash` is the request's key for `consistent_hash`.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         hash: u64,
         tried: &[SocketAddr],
