@@ -12,7 +12,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The YAML is malformed or a value has the wrong shape; serde_yaml's message names the key.
+    /// The YAML is malformed or a value has the wrong shape; the YAML library's message names the key.
     #[error("{0}")]
     Syntax(String),
     /// A key that neither pingora nor lb knows.

@@ -58,7 +58,7 @@ impl Config {
     /// Parses and validates a configuration document.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         let document: Document =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let lb = document.lb.ok_or_else(|| {
             ConfigError::invalid(
                 "lb",
@@ -76,5 +76,5 @@ impl Config {
 struct Document {
     lb: Option<raw::RawLb>,
     #[serde(flatten)]
-    server: BTreeMap<String, serde_yaml::Value>,
+    server: BTreeMap<String, serde_yaml_ng::Value>,
 }

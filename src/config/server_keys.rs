@@ -14,7 +14,7 @@ use super::ConfigError;
 /// pingora itself ignores unknown keys; a typo such as `treads: 4` would then silently do
 /// nothing, so we check every key against the fields pingora actually has.
 pub(crate) fn server_conf_from(
-    keys: BTreeMap<String, serde_yaml::Value>,
+    keys: BTreeMap<String, serde_yaml_ng::Value>,
 ) -> Result<ServerConf, ConfigError> {
     let known = pingora_server_keys();
     for key in keys.keys() {
@@ -34,16 +34,16 @@ pub(crate) fn server_conf_from(
     let present: BTreeSet<String> = keys.keys().cloned().collect();
     // Deserialize key by key first so that a wrong value names its key.
     for (key, value) in &keys {
-        let mut single = serde_yaml::Mapping::new();
-        single.insert(serde_yaml::Value::String(key.clone()), value.clone());
-        serde_yaml::from_value::<ServerConf>(serde_yaml::Value::Mapping(single))
+        let mut single = serde_yaml_ng::Mapping::new();
+        single.insert(serde_yaml_ng::Value::String(key.clone()), value.clone());
+        serde_yaml_ng::from_value::<ServerConf>(serde_yaml_ng::Value::Mapping(single))
             .map_err(|e| ConfigError::invalid(key.clone(), e.to_string()))?;
     }
-    let mapping: serde_yaml::Mapping = keys
+    let mapping: serde_yaml_ng::Mapping = keys
         .into_iter()
-        .map(|(k, v)| (serde_yaml::Value::String(k), v))
+        .map(|(k, v)| (serde_yaml_ng::Value::String(k), v))
         .collect();
-    let mut conf: ServerConf = serde_yaml::from_value(serde_yaml::Value::Mapping(mapping))
+    let mut conf: ServerConf = serde_yaml_ng::from_value(serde_yaml_ng::Value::Mapping(mapping))
         .map_err(|e| ConfigError::Syntax(e.to_string()))?;
     apply_lb_server_defaults(&mut conf, &present);
     conf.validate()
@@ -94,8 +94,8 @@ pub fn pid_file_of(path: &Path) -> Result<String, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     Ok(value
         .get("pid_file")
         .and_then(|v| v.as_str())
@@ -115,8 +115,8 @@ fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<
 /// The top-level keys pingora's [`ServerConf`] understands, read from its own serialization so
 /// that the list follows the pingora version we are built with.
 fn pingora_server_keys() -> BTreeSet<String> {
-    match serde_yaml::to_value(ServerConf::default()) {
-        Ok(serde_yaml::Value::Mapping(map)) => map
+    match serde_yaml_ng::to_value(ServerConf::default()) {
+        Ok(serde_yaml_ng::Value::Mapping(map)) => map
             .keys()
             .filter_map(|k| k.as_str().map(str::to_owned))
             .collect(),

@@ -120,11 +120,11 @@ impl InstanceFiles {
 
     pub fn read_status(&self) -> Option<Status> {
         let text = std::fs::read_to_string(&self.status_file).ok()?;
-        serde_yaml::from_str(&text).ok()
+        serde_yaml_ng::from_str(&text).ok()
     }
 
     pub fn write_status(&self, status: &Status) -> std::io::Result<()> {
-        let text = serde_yaml::to_string(status).map_err(std::io::Error::other)?;
+        let text = serde_yaml_ng::to_string(status).map_err(std::io::Error::other)?;
         write_atomically(&self.status_file, text.as_bytes())
     }
 }

@@ -47,7 +47,7 @@ pub(crate) struct ReloadService {
     config_path: PathBuf,
     /// The pingora server settings and listeners the process started with; changing them
     /// needs new sockets or a new process.
-    started_server: serde_yaml::Value,
+    started_server: serde_yaml_ng::Value,
     started_listen: Vec<SocketAddr>,
     started_proxy_listen: Vec<SocketAddr>,
     files: InstanceFiles,
@@ -191,11 +191,11 @@ impl BackgroundService for ReloadService {
     }
 }
 
-fn server_value(conf: &pingora::server::configuration::ServerConf) -> serde_yaml::Value {
-    serde_yaml::to_value(conf).unwrap_or(serde_yaml::Value::Null)
+fn server_value(conf: &pingora::server::configuration::ServerConf) -> serde_yaml_ng::Value {
+    serde_yaml_ng::to_value(conf).unwrap_or(serde_yaml_ng::Value::Null)
 }
 
-fn changed_keys(before: &serde_yaml::Value, after: &serde_yaml::Value) -> String {
+fn changed_keys(before: &serde_yaml_ng::Value, after: &serde_yaml_ng::Value) -> String {
     let (Some(before), Some(after)) = (before.as_mapping(), after.as_mapping()) else {
         return "unknown".to_string();
     };
