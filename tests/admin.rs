@@ -104,67 +104,79 @@ fn metrics_count_exactly_what_happened() {
     let (a, b, c) = (a.addr, b.addr, c.addr);
     let series = |name: &str, labels: &str| metric(&text, &format!("{name}{{{labels}}}"));
     assert_eq!(
-        series("lb_upstream_requests_total", &format!("upstream=\"{a}\"")),
+        series(
+            "lb_upstream_requests_total",
+            &format!("pool=\"default\",upstream=\"{a}\"")
+        ),
         15.0
     );
     assert_eq!(
-        series("lb_upstream_requests_total", &format!("upstream=\"{b}\"")),
+        series(
+            "lb_upstream_requests_total",
+            &format!("pool=\"default\",upstream=\"{b}\"")
+        ),
         5.0
     );
     assert_eq!(
-        series("lb_upstream_requests_total", &format!("upstream=\"{c}\"")),
+        series(
+            "lb_upstream_requests_total",
+            &format!("pool=\"default\",upstream=\"{c}\"")
+        ),
         0.0
     );
     assert_eq!(
         series(
             "lb_upstream_responses_total",
-            &format!("class=\"2xx\",upstream=\"{a}\"")
+            &format!("class=\"2xx\",pool=\"default\",upstream=\"{a}\"")
         ),
         15.0
     );
     assert_eq!(
         series(
             "lb_upstream_responses_total",
-            &format!("class=\"5xx\",upstream=\"{b}\"")
+            &format!("class=\"5xx\",pool=\"default\",upstream=\"{b}\"")
         ),
         5.0
     );
     assert_eq!(
         series(
             "lb_upstream_failures_total",
-            &format!("kind=\"status_5xx\",upstream=\"{b}\"")
+            &format!("kind=\"status_5xx\",pool=\"default\",upstream=\"{b}\"")
         ),
         5.0
     );
     assert_eq!(
-        series("lb_upstream_ejections_total", &format!("upstream=\"{b}\"")),
-        1.0
-    );
-    assert_eq!(
         series(
-            "lb_upstream_state",
-            &format!("state=\"up\",upstream=\"{a}\"")
+            "lb_upstream_ejections_total",
+            &format!("pool=\"default\",upstream=\"{b}\"")
         ),
         1.0
     );
     assert_eq!(
         series(
             "lb_upstream_state",
-            &format!("state=\"ejected\",upstream=\"{b}\"")
+            &format!("pool=\"default\",state=\"up\",upstream=\"{a}\"")
         ),
         1.0
     );
     assert_eq!(
         series(
             "lb_upstream_state",
-            &format!("state=\"down\",upstream=\"{c}\"")
+            &format!("pool=\"default\",state=\"ejected\",upstream=\"{b}\"")
         ),
         1.0
     );
     assert_eq!(
         series(
             "lb_upstream_state",
-            &format!("state=\"up\",upstream=\"{c}\"")
+            &format!("pool=\"default\",state=\"down\",upstream=\"{c}\"")
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            "lb_upstream_state",
+            &format!("pool=\"default\",state=\"up\",upstream=\"{c}\"")
         ),
         0.0
     );
@@ -174,7 +186,7 @@ fn metrics_count_exactly_what_happened() {
     assert_eq!(
         series(
             "lb_upstream_response_seconds_count",
-            &format!("upstream=\"{a}\"")
+            &format!("pool=\"default\",upstream=\"{a}\"")
         ),
         15.0
     );
@@ -202,21 +214,23 @@ fn connect_failures_and_retries_are_counted() {
     assert_eq!(
         metric(
             &text,
-            &format!("lb_upstream_failures_total{{kind=\"connect\",upstream=\"{y}\"}}")
+            &format!(
+                "lb_upstream_failures_total{{kind=\"connect\",pool=\"default\",upstream=\"{y}\"}}"
+            )
         ),
         1.0
     );
     assert_eq!(
         metric(
             &text,
-            &format!("lb_upstream_retries_total{{upstream=\"{y}\"}}")
+            &format!("lb_upstream_retries_total{{pool=\"default\",upstream=\"{y}\"}}")
         ),
         1.0
     );
     assert_eq!(
         metric(
             &text,
-            &format!("lb_upstream_requests_total{{upstream=\"{x}\"}}")
+            &format!("lb_upstream_requests_total{{pool=\"default\",upstream=\"{x}\"}}")
         ),
         2.0
     );

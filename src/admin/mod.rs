@@ -17,6 +17,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use crate::balancer::selection::Pool;
 use crate::balancer::upstream::ALL_STATES;
 use crate::balancer::{AdminState, Member, Routing, SharedRouting};
 use crate::clock::now_ms;
@@ -156,17 +157,36 @@ impl AdminApp {
                 }
                 _ => method_not_allowed(),
             },
-            _ => match path.strip_prefix("/api/upstreams/") {
-                Some(rest) => self.upstream_route(&routing, method, rest, body),
-                None => Answer::error(StatusCode::NOT_FOUND, format!("no such page: {path}")),
-            },
+            _ => {
+                if let Some(rest) = path.strip_prefix("/api/upstreams/") {
+                    return self.upstream_route(&routing, None, method, rest, body);
+                }
+                let in_pool = path
+                    .strip_prefix("/api/pools/")
+                    .and_then(|rest| rest.split_once("/upstreams/"));
+                match in_pool {
+                    Some((pool, rest)) => {
+                        let pool = percent_decode(pool);
+                        if routing.pool(&pool).is_none() {
+                            return Answer::error(
+                                StatusCode::NOT_FOUND,
+                                format!("no pool {pool} in the current configuration"),
+                            );
+                        }
+                        self.upstream_route(&routing, Some(&pool), method, rest, body)
+                    }
+                    None => Answer::error(StatusCode::NOT_FOUND, format!("no such page: {path}")),
+                }
+            }
         }
     }
 
-    /// `/api/upstreams/{addr}[/action]`.
+    /// `/api/upstreams/{addr}[/action]` (the address in every pool that has it) and
+    /// `/api/pools/{pool}/upstreams/{addr}[/action]` (in one pool).
     fn upstream_route(
         &self,
         routing: &Routing,
+        pool: Option<&str>,
         method: &Method,
         rest: &str,
         body: &[u8],
@@ -176,18 +196,29 @@ impl AdminApp {
             None => (rest, None),
         };
         let addr_text = percent_decode(addr_text);
-        let Some(member) = find_member(routing, &addr_text) else {
+        let found = find_members(routing, pool, &addr_text);
+        if found.is_empty() {
             return Answer::error(
                 StatusCode::NOT_FOUND,
-                format!("no upstream {addr_text} in the current configuration"),
+                match pool {
+                    Some(pool) => format!("no upstream {addr_text} in pool {pool}"),
+                    None => format!("no upstream {addr_text} in the current configuration"),
+                },
             );
-        };
+        }
         let now = now_ms();
-        let state = &member.state;
-        match (method.clone(), action) {
-            (Method::GET, None) => {
-                Answer::json(StatusCode::OK, &upstream_json(routing, member, now))
+        let answer = |found: &[(&Pool, &Member)]| -> Answer {
+            let list: Vec<Value> = found
+                .iter()
+                .map(|(pool, member)| upstream_json(pool, member, now))
+                .collect();
+            match <[Value; 1]>::try_from(list) {
+                Ok([one]) => Answer::json(StatusCode::OK, &one),
+                Err(list) => Answer::json(StatusCode::OK, &json!({ "upstreams": list })),
             }
+        };
+        match (method.clone(), action) {
+            (Method::GET, None) => answer(&found),
             (Method::POST, Some(action @ ("drain" | "disable" | "enable"))) => {
                 let (admin, verb) = match action {
                     "drain" => (AdminState::Draining, "draining"),
@@ -195,15 +226,18 @@ impl AdminApp {
                     _ => (AdminState::Enabled, "enabled"),
                 };
                 let reason = format!("{verb} through the admin API");
-                if state.set_admin(admin, &reason) {
-                    log::warn!(
-                        "upstream {} is {} through the admin API ({} in flight)",
-                        member.upstream.addr,
-                        verb.to_uppercase(),
-                        state.in_flight()
-                    );
+                for (pool, member) in &found {
+                    let state = &member.state;
+                    if state.set_admin(admin, &reason) {
+                        log::warn!(
+                            "upstream {} is {} through the admin API ({} in flight)",
+                            state.label(),
+                            verb.to_uppercase(),
+                            state.in_flight()
+                        );
+                    }
                 }
-                Answer::json(StatusCode::OK, &upstream_json(routing, member, now))
+                answer(&found)
             }
             (Method::PUT, Some("weight")) => {
                 let weight = serde_json::from_slice::<Value>(body)
@@ -222,13 +256,16 @@ impl AdminApp {
                 match weight {
                     Err(reason) => Answer::error(StatusCode::BAD_REQUEST, reason),
                     Ok(weight) => {
-                        state.set_weight_override(weight);
-                        log::warn!(
-                            "upstream {} weight set to {} through the admin API",
-                            member.upstream.addr,
-                            state.weight(member.upstream.weight)
-                        );
-                        Answer::json(StatusCode::OK, &upstream_json(routing, member, now))
+                        for (pool, member) in &found {
+                            let state = &member.state;
+                            state.set_weight_override(weight);
+                            log::warn!(
+                                "upstream {} weight set to {} through the admin API",
+                                state.label(),
+                                state.weight(member.upstream.weight)
+                            );
+                        }
+                        answer(&found)
                     }
                 }
             }
@@ -242,21 +279,30 @@ impl AdminApp {
         }
     }
 
-    /// `GET /api/upstreams`.
+    /// `GET /api/upstreams`: every upstream (with its pool), and the pools.
     fn overview(&self, routing: &Routing) -> Value {
         let now = now_ms();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
-            "selection": routing.config.pool.selection.to_string(),
+            // The first pool's, for the one-pool form.
+            "selection": routing.pools[0].config.selection.to_string(),
             "now": rfc3339(SystemTime::now()),
             "in_flight": self.in_flight.count(),
-            "upstreams": routing
-                .pool
-                .members
+            "pools": routing
+                .pools
                 .iter()
-                .map(|m| upstream_json(routing, m, now))
+                .map(|pool| json!({
+                    "name": pool.config.name,
+                    "selection": pool.config.selection.to_string(),
+                    "upstreams": pool.members.len(),
+                }))
+                .collect::<Vec<_>>(),
+            "upstreams": routing
+                .pools
+                .iter()
+                .flat_map(|pool| pool.members.iter().map(move |m| upstream_json(pool, m, now)))
                 .collect::<Vec<_>>(),
         })
     }
@@ -265,20 +311,23 @@ impl AdminApp {
     fn metrics_text(&self, routing: &Routing) -> String {
         let m = routing.registry.metrics();
         let now = now_ms();
-        for member in &routing.pool.members {
-            let addr = member.upstream.addr.to_string();
-            let state = &member.state;
-            m.upstream_in_flight
-                .with_label_values(&[&addr])
-                .set(state.in_flight() as i64);
-            m.upstream_weight
-                .with_label_values(&[&addr])
-                .set(state.weight(member.upstream.weight) as i64);
-            let current = state.state(now, routing.config.pool.slow_start);
-            for s in ALL_STATES {
-                m.upstream_state
-                    .with_label_values(&[&addr, s.as_str()])
-                    .set(i64::from(s == current));
+        for pool in &routing.pools {
+            let name = pool.config.name.as_str();
+            for member in &pool.members {
+                let addr = member.upstream.addr.to_string();
+                let state = &member.state;
+                m.upstream_in_flight
+                    .with_label_values(&[name, &addr])
+                    .set(state.in_flight() as i64);
+                m.upstream_weight
+                    .with_label_values(&[name, &addr])
+                    .set(state.weight(member.upstream.weight) as i64);
+                let current = state.state(now, pool.config.slow_start);
+                for s in ALL_STATES {
+                    m.upstream_state
+                        .with_label_values(&[name, &addr, s.as_str()])
+                        .set(i64::from(s == current));
+                }
             }
         }
         m.in_flight.set(self.in_flight.count() as i64);
@@ -293,20 +342,31 @@ fn method_not_allowed() -> Answer {
     Answer::error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
 }
 
-/// The member whose address (or name as configured) is `text`.
-fn find_member<'a>(routing: &'a Routing, text: &str) -> Option<&'a Member> {
+/// The members whose address (or name as configured) is `text`, in pool `pool` or in every
+/// pool.
+fn find_members<'a>(
+    routing: &'a Routing,
+    pool: Option<&str>,
+    text: &str,
+) -> Vec<(&'a Pool, &'a Member)> {
     let parsed: Option<SocketAddr> = text.parse().ok();
     routing
-        .pool
-        .members
+        .pools
         .iter()
-        .find(|m| Some(m.upstream.addr) == parsed || m.upstream.name == text)
+        .filter(|p| pool.is_none_or(|name| p.config.name == name))
+        .flat_map(|p| {
+            p.members
+                .iter()
+                .filter(|m| Some(m.upstream.addr) == parsed || m.upstream.name == text)
+                .map(move |m| (p, m))
+        })
+        .collect()
 }
 
 /// One upstream as the API shows it.
-fn upstream_json(routing: &Routing, member: &Member, now: u64) -> Value {
+fn upstream_json(pool: &Pool, member: &Member, now: u64) -> Value {
     let state = &member.state;
-    let current = state.state(now, routing.config.pool.slow_start);
+    let current = state.state(now, pool.config.slow_start);
     let change = state.last_change();
     let totals = state.stats.totals();
     let recent = state.stats.recent();
@@ -322,6 +382,7 @@ fn upstream_json(routing: &Routing, member: &Member, now: u64) -> Value {
         .collect();
     let in_flight = state.in_flight();
     json!({
+        "pool": pool.config.name,
         "addr": member.upstream.addr.to_string(),
         "name": member.upstream.name,
         "backup": member.upstream.backup,

@@ -1,7 +1,7 @@
 //! The balancer: which upstream takes a request, and everything it knows about each upstream.
 //!
 //! - [`routing`]: the immutable [`Routing`] snapshot a request is routed by, swapped whole on
-//!   reload;
+//!   reload; [`routes`]: its route table, precompiled;
 //! - [`registry`] and [`upstream`]: each upstream's live state (health verdict, ejection, admin
 //!   state, load, latency), kept across reloads;
 //! - [`selection`]: the pool and its algorithms, and the queue behind [`Pool::acquire`];
@@ -15,6 +15,7 @@
 pub(crate) mod passive;
 pub(crate) mod registry;
 pub(crate) mod retry_budget;
+pub(crate) mod routes;
 pub(crate) mod routing;
 pub(crate) mod selection;
 pub(crate) mod upstream;

@@ -43,7 +43,7 @@ pub(crate) fn record(
         log::warn!(
             "upstream {} failed {failures} times in a row ({what}) but stays in: \
              {ejected} of {} upstreams are ejected already (max_ejected_percent {})",
-            state.addr,
+            state.label(),
             members.len(),
             policy.max_ejected_percent
         );
@@ -53,7 +53,7 @@ pub(crate) fn record(
     let length = eject(state, policy, &reason);
     log::warn!(
         "upstream {} is EJECTED for {}s: {reason}",
-        state.addr,
+        state.label(),
         length.as_secs()
     );
 }
@@ -76,7 +76,7 @@ pub(crate) fn end_due_ejections(members: &[Member]) {
         if m.state.end_ejection_if_due(now) {
             log::info!(
                 "upstream {} is back in rotation: its ejection ended",
-                m.upstream.addr
+                m.state.label()
             );
         }
     }

@@ -8,13 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use super::retry_budget::RetryBudget;
 use super::upstream::{Epochs, State, UpstreamState, ALL_STATES};
-use crate::config::Upstream;
+use crate::config::{PoolConfig, Upstream};
 use crate::observe::metrics::{Metrics, UpstreamStats};
 
-/// The process's upstream states. A reload builds a new routing over the same registry, so an
-/// upstream that stays keeps its health, ejection, admin state and counters.
+/// An upstream is one address in one pool.
+type UpstreamKey = (Arc<str>, SocketAddr);
+
+/// The process's upstream states, by pool and address. A reload builds a new routing over the
+/// same registry, so an upstream that stays in its pool keeps its health, ejection, admin
+/// state and counters. The same address in two pools is two upstreams: each pool checks it
+/// with its own health check and keeps its own state.
 pub struct Registry {
-    states: Mutex<HashMap<SocketAddr, Arc<UpstreamState>>>,
+    states: Mutex<HashMap<UpstreamKey, Arc<UpstreamState>>>,
     /// Set once the first health round is done: upstreams added later ramp up.
     serving: AtomicBool,
     pub(crate) retry_budget: RetryBudget,
@@ -43,36 +48,50 @@ impl Registry {
         &self.epochs
     }
 
-    /// The states of `upstreams`, in order, created where new. Addresses no longer configured
-    /// are forgotten (requests still holding them keep their own reference).
-    pub(crate) fn members(&self, upstreams: &[Upstream]) -> Vec<Arc<UpstreamState>> {
+    /// The states of pool `pool`'s `upstreams`, in order, created where new.
+    pub(crate) fn members(&self, pool: &str, upstreams: &[Upstream]) -> Vec<Arc<UpstreamState>> {
         let ramp = self.serving.load(Ordering::Relaxed);
+        let pool: Arc<str> = pool.into();
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let members: Vec<Arc<UpstreamState>> = upstreams
+        upstreams
             .iter()
             .map(|u| {
                 states
-                    .entry(u.addr)
+                    .entry((pool.clone(), u.addr))
                     .or_insert_with(|| {
-                        let stats = UpstreamStats::new(&self.metrics, &u.addr.to_string());
-                        Arc::new(UpstreamState::new(u.addr, ramp, stats, self.epochs.clone()))
+                        let stats = UpstreamStats::new(&self.metrics, &pool, &u.addr.to_string());
+                        Arc::new(UpstreamState::new(
+                            pool.clone(),
+                            u.addr,
+                            ramp,
+                            stats,
+                            self.epochs.clone(),
+                        ))
                     })
                     .clone()
             })
+            .collect()
+    }
+
+    /// Forgets the upstreams that are in none of `pools` (requests still holding them keep
+    /// their own reference), with their metric series.
+    pub(crate) fn retain(&self, pools: &[PoolConfig]) {
+        let kept: std::collections::HashSet<(&str, SocketAddr)> = pools
+            .iter()
+            .flat_map(|p| p.upstreams.iter().map(|u| (p.name.as_str(), u.addr)))
             .collect();
-        if states.len() > members.len() {
-            let kept: std::collections::HashSet<SocketAddr> =
-                upstreams.iter().map(|u| u.addr).collect();
-            states.retain(|addr, _| {
-                let keep = kept.contains(addr);
-                if !keep {
-                    self.metrics
-                        .forget_upstream(&addr.to_string(), &ALL_STATES.map(State::as_str));
-                }
-                keep
-            });
-        }
-        members
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|(pool, addr), _| {
+            let keep = kept.contains(&(&**pool, *addr));
+            if !keep {
+                self.metrics.forget_upstream(
+                    pool,
+                    &addr.to_string(),
+                    &ALL_STATES.map(State::as_str),
+                );
+            }
+            keep
+        });
     }
 
     pub(crate) fn set_serving(&self) {

@@ -1,27 +1,29 @@
-//! The routing snapshot: everything a request needs to be routed, immutable, behind an
-//! [`ArcSwap`]. A reload builds a new one and swaps it in; requests in flight keep the one they
-//! started with.
+//! The routing snapshot: everything a request needs to be routed — the routes, the pools with
+//! their upstreams and settings, the access log — immutable, behind an [`ArcSwap`]. A reload
+//! builds a new one and swaps it in; requests in flight keep the one they started with, so a
+//! removed pool finishes its requests.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::lb::health_check::HealthCheck;
 
 use super::passive;
 use super::registry::Registry;
+use super::routes::RouteTable;
 use super::selection::Pool;
-use crate::config::LbConfig;
+use super::upstream::UpstreamState;
+use crate::config::{LbConfig, PoolConfig};
 use crate::observe::access_log::AccessLog;
 
 /// How requests are routed right now.
 pub(crate) struct Routing {
     pub(crate) config: LbConfig,
-    pub(crate) pool: Pool,
+    /// In the order of `config.pools`.
+    pub(crate) pools: Vec<Pool>,
+    pub(crate) routes: RouteTable,
     /// Every upstream's live state, shared by all routings of this process.
     pub(crate) registry: Arc<Registry>,
-    /// Whether active checks are on.
-    checked: bool,
     /// Off when `None`.
     pub(crate) access_log: Option<AccessLog>,
 }
@@ -34,14 +36,13 @@ pub type Check = Box<dyn HealthCheck + Send + Sync>;
 
 impl Routing {
     /// Builds the routing for `config`. Upstreams already in `registry` keep their state;
-    /// `check` (built over `registry.members(..)` of the pool) marks them up and down, or
-    /// `None` when checks are off; `previous` lends its access log when that is configured
-    /// the same.
+    /// `check` builds each pool's active check over its upstreams' states (`None` when checks
+    /// are off); `previous` lends its access log when that is configured the same.
     pub(crate) fn new(
         config: LbConfig,
         registry: Arc<Registry>,
         previous: Option<&Routing>,
-        check: Option<Check>,
+        check: impl Fn(&PoolConfig, &[Arc<UpstreamState>]) -> Option<Check>,
     ) -> std::io::Result<Self> {
         let access_log = match &config.access_log {
             None => None,
@@ -50,18 +51,20 @@ impl Routing {
                 _ => Some(AccessLog::open(settings)?),
             },
         };
-        let checked = check.is_some();
-        let pool = Pool::new(&config.pool, &registry, check);
-        if !checked {
-            for member in &pool.members {
-                member.state.unchecked();
-            }
-        }
+        let pools = config
+            .pools
+            .iter()
+            .map(|pool| {
+                let states = registry.members(&pool.name, &pool.upstreams);
+                Pool::new(pool, &registry, check(pool, &states))
+            })
+            .collect();
+        registry.retain(&config.pools);
         Ok(Routing {
+            routes: RouteTable::new(&config.routes),
             config,
-            pool,
+            pools,
             registry,
-            checked,
             access_log,
         })
     }
@@ -70,21 +73,19 @@ impl Routing {
         Arc::new(ArcSwap::from_pointee(self))
     }
 
-    /// Runs one round of active checks over every upstream, concurrently.
+    /// Runs one round of active checks over every pool, concurrently.
     pub(crate) async fn check_round(&self) {
-        if self.checked {
-            self.pool.backends().run_health_check(true).await;
-        }
-    }
-
-    /// Time between check rounds, or `None` when checks are off.
-    pub(crate) fn check_interval(&self) -> Option<Duration> {
-        self.checked
-            .then_some(self.config.pool.health_check.interval)
+        futures::future::join_all(self.pools.iter().map(Pool::check_round)).await;
     }
 
     /// Ends the passive ejections whose time is up.
     pub(crate) fn end_due_ejections(&self) {
-        passive::end_due_ejections(&self.pool.members);
+        for pool in &self.pools {
+            passive::end_due_ejections(&pool.members);
+        }
+    }
+
+    pub(crate) fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.config.name == name)
     }
 }

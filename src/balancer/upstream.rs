@@ -95,6 +95,8 @@ const IDLE_DECAY: Duration = Duration::from_secs(1);
 
 /// The live state of one upstream address.
 pub(crate) struct UpstreamState {
+    /// The pool this upstream belongs to.
+    pub(crate) pool: Arc<str>,
     pub(crate) addr: SocketAddr,
     in_flight: AtomicUsize,
     /// The verdict of the active checks (always true when they are off).
@@ -126,12 +128,14 @@ pub(crate) struct UpstreamState {
 
 impl UpstreamState {
     pub(super) fn new(
+        pool: Arc<str>,
         addr: SocketAddr,
         ramp_first_up: bool,
         stats: UpstreamStats,
         epochs: Arc<Epochs>,
     ) -> Self {
         UpstreamState {
+            pool,
             addr,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
@@ -160,12 +164,22 @@ impl UpstreamState {
     /// A state outside any registry, with metrics of its own, for tests.
     #[cfg(test)]
     pub(crate) fn detached(addr: SocketAddr) -> Arc<Self> {
-        let stats = UpstreamStats::new(&Metrics::new(), &addr.to_string());
-        Arc::new(Self::new(addr, false, stats, Arc::default()))
+        let stats = UpstreamStats::new(&Metrics::new(), "test", &addr.to_string());
+        Arc::new(Self::new("test".into(), addr, false, stats, Arc::default()))
     }
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How logs name this upstream: its address, and its pool unless that is the one pool of
+    /// the one-pool form.
+    pub(crate) fn label(&self) -> String {
+        if &*self.pool == crate::config::DEFAULT_POOL {
+            self.addr.to_string()
+        } else {
+            format!("{} (pool {})", self.addr, self.pool)
+        }
     }
 
     /// Takes a slot unless `limit` requests are already in flight.

@@ -17,6 +17,7 @@
 
 mod error;
 mod raw;
+mod routes;
 pub mod server_keys;
 pub mod types;
 mod validate;

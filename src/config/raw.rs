@@ -13,28 +13,219 @@ use super::types::{AccessLogFormat, CheckType, Selection};
 use super::values::parse_duration;
 use crate::outcome::{status_code, OutcomeMatch, StatusRange};
 
-// defaults above during validation.
-
+/// The `lb:` section. Its pool keys (the same as [`RawPool`]'s) describe the single pool of the
+/// one-pool form, or the defaults of every pool in `pools:`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLb {
     pub(crate) listen: Option<Vec<String>>,
-    pub(crate) upstreams: Option<Vec<RawUpstream>>,
-    #[serde(default)]
-    pub(crate) selection: Selection,
-    pub(crate) hash_key: Option<String>,
-    pub(crate) retries: Option<RawRetries>,
-    #[serde(default)]
-    pub(crate) timeouts: RawTimeouts,
-    #[serde(default)]
-    pub(crate) health_check: RawHealthCheck,
-    #[serde(default)]
-    pub(crate) passive_health: RawPassiveHealth,
-    pub(crate) slow_start: Option<DurationValue>,
-    #[serde(default)]
-    pub(crate) queue: RawQueue,
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) access_log: Option<RawAccessLog>,
+    pub(crate) pools: Option<RawPools>,
+    pub(crate) routes: Option<Vec<RawRoute>>,
+    // Pool keys, as in `RawPool` (serde cannot flatten into a struct that denies unknown keys).
+    pub(crate) upstreams: Option<Vec<RawUpstream>>,
+    pub(crate) selection: Option<Selection>,
+    pub(crate) hash_key: Option<String>,
+    pub(crate) retries: Option<RawRetries>,
+    pub(crate) timeouts: Option<RawTimeouts>,
+    pub(crate) health_check: Option<RawHealthCheck>,
+    pub(crate) passive_health: Option<RawPassiveHealth>,
+    pub(crate) slow_start: Option<DurationValue>,
+    pub(crate) queue: Option<RawQueue>,
+}
+
+impl RawLb {
+    /// The pool keys written at `lb:` level.
+    pub(crate) fn pool_keys(&self) -> RawPool {
+        RawPool {
+            upstreams: self.upstreams.clone(),
+            selection: self.selection,
+            hash_key: self.hash_key.clone(),
+            retries: self.retries.clone(),
+            timeouts: self.timeouts.clone(),
+            health_check: self.health_check.clone(),
+            passive_health: self.passive_health.clone(),
+            slow_start: self.slow_start,
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+/// One pool: its upstreams and how they are balanced and checked.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub(crate) upstreams: Option<Vec<RawUpstream>>,
+    pub(crate) selection: Option<Selection>,
+    pub(crate) hash_key: Option<String>,
+    pub(crate) retries: Option<RawRetries>,
+    pub(crate) timeouts: Option<RawTimeouts>,
+    pub(crate) health_check: Option<RawHealthCheck>,
+    pub(crate) passive_health: Option<RawPassiveHealth>,
+    pub(crate) slow_start: Option<DurationValue>,
+    pub(crate) queue: Option<RawQueue>,
+}
+
+/// `a.or(b)` for each field, and recursively for blocks: what `self` leaves out, `defaults`
+/// fills in.
+fn merge_block<T: Merge>(value: Option<T>, defaults: &Option<T>) -> Option<T> {
+    match (value, defaults) {
+        (Some(v), Some(d)) => Some(v.over(d)),
+        (Some(v), None) => Some(v),
+        (None, d) => d.clone(),
+    }
+}
+
+/// A raw block whose keys fall back, one by one, to those of a default block.
+pub(crate) trait Merge: Clone {
+    fn over(self, defaults: &Self) -> Self;
+}
+
+impl Merge for RawPool {
+    fn over(self, d: &Self) -> Self {
+        RawPool {
+            upstreams: self.upstreams.or_else(|| d.upstreams.clone()),
+            selection: self.selection.or(d.selection),
+            hash_key: self.hash_key.or_else(|| d.hash_key.clone()),
+            retries: merge_block(self.retries, &d.retries),
+            timeouts: merge_block(self.timeouts, &d.timeouts),
+            health_check: merge_block(self.health_check, &d.health_check),
+            passive_health: merge_block(self.passive_health, &d.passive_health),
+            slow_start: self.slow_start.or(d.slow_start),
+            queue: merge_block(self.queue, &d.queue),
+        }
+    }
+}
+
+impl Merge for RawRetries {
+    fn over(self, d: &Self) -> Self {
+        RawRetries::Block(self.block().over(&d.block()))
+    }
+}
+
+impl Merge for RawRetryBlock {
+    fn over(self, d: &Self) -> Self {
+        RawRetryBlock {
+            attempts: self.attempts.or(d.attempts),
+            on: self.on.or_else(|| d.on.clone()),
+            budget_percent: self.budget_percent.or(d.budget_percent),
+            budget_min_per_second: self.budget_min_per_second.or(d.budget_min_per_second),
+        }
+    }
+}
+
+impl Merge for RawTimeouts {
+    fn over(self, d: &Self) -> Self {
+        RawTimeouts {
+            connect: self.connect.or(d.connect),
+            read: self.read.or(d.read),
+            write: self.write.or(d.write),
+            idle: self.idle.or(d.idle),
+        }
+    }
+}
+
+impl Merge for RawHealthCheck {
+    fn over(self, d: &Self) -> Self {
+        RawHealthCheck {
+            kind: self.kind.or(d.kind),
+            interval: self.interval.or(d.interval),
+            timeout: self.timeout.or(d.timeout),
+            healthy_after: self.healthy_after.or(d.healthy_after),
+            unhealthy_after: self.unhealthy_after.or(d.unhealthy_after),
+            path: self.path.or_else(|| d.path.clone()),
+            host: self.host.or_else(|| d.host.clone()),
+            expect_status: self.expect_status.or_else(|| d.expect_status.clone()),
+        }
+    }
+}
+
+impl Merge for RawPassiveHealth {
+    fn over(self, d: &Self) -> Self {
+        RawPassiveHealth {
+            consecutive_failures: self.consecutive_failures.or(d.consecutive_failures),
+            on: self.on.or_else(|| d.on.clone()),
+            eject_for: self.eject_for.or(d.eject_for),
+            max_eject_for: self.max_eject_for.or(d.max_eject_for),
+            max_ejected_percent: self.max_ejected_percent.or(d.max_ejected_percent),
+        }
+    }
+}
+
+impl Merge for RawQueue {
+    fn over(self, d: &Self) -> Self {
+        RawQueue {
+            size: self.size.or(d.size),
+            timeout: self.timeout.or(d.timeout),
+        }
+    }
+}
+
+/// A YAML map kept in the order written (`pools:`, header maps); a key given twice is an
+/// error rather than silently the last one.
+pub(crate) struct OrderedMap<V>(pub(crate) Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedMap<V>, A::Error> {
+                let mut entries: Vec<(String, V)> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.to_ascii_lowercase()) {
+                        return Err(de::Error::custom(format!("`{key}` is given twice")));
+                    }
+                    let value = map.next_value::<V>()?;
+                    entries.push((key, value));
+                }
+                Ok(OrderedMap(entries))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor(std::marker::PhantomData))
+    }
+}
+
+/// `pools:`, from name to pool.
+pub(crate) type RawPools = OrderedMap<RawPool>;
+
+/// One entry of `routes:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) name: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) strip_prefix: Option<bool>,
+    pub(crate) methods: Option<Vec<String>>,
+    pub(crate) headers: Option<OrderedMap<String>>,
+    pub(crate) pool: Option<String>,
+    pub(crate) redirect: Option<RawRedirect>,
+    pub(crate) respond: Option<RawRespond>,
+    pub(crate) set_request_headers: Option<OrderedMap<String>>,
+    pub(crate) remove_request_headers: Option<Vec<String>>,
+    pub(crate) set_response_headers: Option<OrderedMap<String>>,
+    pub(crate) remove_response_headers: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedirect {
+    pub(crate) to: String,
+    pub(crate) status: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRespond {
+    pub(crate) status: u16,
+    pub(crate) body: Option<String>,
+    pub(crate) content_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -53,9 +244,23 @@ pub(crate) struct RawAccessLog {
 }
 
 /// `retries: 2` or the block form.
+#[derive(Clone)]
 pub(crate) enum RawRetries {
     Attempts(usize),
     Block(RawRetryBlock),
+}
+
+impl RawRetries {
+    /// The block form of either way of writing it.
+    pub(crate) fn block(&self) -> RawRetryBlock {
+        match self {
+            RawRetries::Attempts(n) => RawRetryBlock {
+                attempts: Some(*n),
+                ..RawRetryBlock::default()
+            },
+            RawRetries::Block(block) => block.clone(),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RawRetries {
@@ -82,7 +287,7 @@ impl<'de> Deserialize<'de> for RawRetries {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetryBlock {
     pub(crate) attempts: Option<usize>,
@@ -91,7 +296,7 @@ pub(crate) struct RawRetryBlock {
     pub(crate) budget_min_per_second: Option<u32>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPassiveHealth {
     pub(crate) consecutive_failures: Option<u32>,
@@ -101,7 +306,7 @@ pub(crate) struct RawPassiveHealth {
     pub(crate) max_ejected_percent: Option<u32>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawQueue {
     pub(crate) size: Option<usize>,
@@ -109,6 +314,7 @@ pub(crate) struct RawQueue {
 }
 
 /// A failure kind as written: `connect_failure`, `timeout`, `reset`, `status_503`, `status_5xx`.
+#[derive(Clone)]
 pub(crate) struct FailureValue(pub OutcomeMatch);
 
 impl<'de> Deserialize<'de> for FailureValue {
@@ -127,7 +333,7 @@ impl<'de> Deserialize<'de> for FailureValue {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTimeouts {
     pub(crate) connect: Option<DurationValue>,
@@ -136,11 +342,11 @@ pub(crate) struct RawTimeouts {
     pub(crate) idle: Option<DurationValue>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHealthCheck {
-    #[serde(rename = "type", default)]
-    pub(crate) kind: CheckType,
+    #[serde(rename = "type")]
+    pub(crate) kind: Option<CheckType>,
     pub(crate) interval: Option<DurationValue>,
     pub(crate) timeout: Option<DurationValue>,
     pub(crate) healthy_after: Option<usize>,
@@ -151,7 +357,7 @@ pub(crate) struct RawHealthCheck {
 }
 
 /// An upstream written either as `"host:port"` or as `{ addr: "host:port", weight: N, ... }`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct RawUpstream {
     pub(crate) addr: String,
     pub(crate) weight: Option<usize>,
@@ -224,6 +430,7 @@ impl<'de> Deserialize<'de> for DurationValue {
 }
 
 /// An expected status: `200` or a range `"200-399"`.
+#[derive(Clone)]
 pub(crate) struct StatusValue(pub(crate) StatusRange);
 
 impl<'de> Deserialize<'de> for StatusValue {

@@ -15,16 +15,16 @@ fn err(text: &str) -> String {
 #[test]
 fn minimal_config_gets_documented_defaults() {
     let c = Config::from_yaml(MINIMAL).unwrap();
-    assert_eq!(c.lb.pool.selection, Selection::RoundRobin);
-    assert_eq!(c.lb.pool.retries, RetryPolicy::default());
-    assert_eq!(c.lb.pool.retries.attempts, 2);
-    assert_eq!(c.lb.pool.passive_health, PassiveHealth::default());
-    assert_eq!(c.lb.pool.slow_start, Duration::ZERO);
-    assert_eq!(c.lb.pool.hash_key, HashKey::ClientIp);
-    assert_eq!(c.lb.pool.queue, QueueConfig::default());
-    assert_eq!(c.lb.pool.timeouts, Timeouts::default());
-    assert_eq!(c.lb.pool.health_check, HealthCheckConfig::default());
-    assert_eq!(c.lb.pool.upstreams[0].weight, 1);
+    assert_eq!(c.lb.pools[0].selection, Selection::RoundRobin);
+    assert_eq!(c.lb.pools[0].retries, RetryPolicy::default());
+    assert_eq!(c.lb.pools[0].retries.attempts, 2);
+    assert_eq!(c.lb.pools[0].passive_health, PassiveHealth::default());
+    assert_eq!(c.lb.pools[0].slow_start, Duration::ZERO);
+    assert_eq!(c.lb.pools[0].hash_key, HashKey::ClientIp);
+    assert_eq!(c.lb.pools[0].queue, QueueConfig::default());
+    assert_eq!(c.lb.pools[0].timeouts, Timeouts::default());
+    assert_eq!(c.lb.pools[0].health_check, HealthCheckConfig::default());
+    assert_eq!(c.lb.pools[0].upstreams[0].weight, 1);
     assert_eq!(c.server.threads, ServerConf::default().threads);
 }
 
@@ -56,15 +56,15 @@ lb:
     .unwrap();
     assert_eq!(c.server.threads, 2);
     assert_eq!(c.lb.listen.len(), 2);
-    assert_eq!(c.lb.pool.upstreams[1].weight, 2);
-    assert_eq!(c.lb.pool.selection, Selection::Random);
-    assert_eq!(c.lb.pool.timeouts.connect, Duration::from_millis(500));
-    assert_eq!(c.lb.pool.timeouts.idle, Duration::from_secs(3600));
-    assert_eq!(c.lb.pool.health_check.kind, CheckType::Http);
-    assert!(c.lb.pool.health_check.expect_status[1].contains(302));
+    assert_eq!(c.lb.pools[0].upstreams[1].weight, 2);
+    assert_eq!(c.lb.pools[0].selection, Selection::Random);
+    assert_eq!(c.lb.pools[0].timeouts.connect, Duration::from_millis(500));
+    assert_eq!(c.lb.pools[0].timeouts.idle, Duration::from_secs(3600));
+    assert_eq!(c.lb.pools[0].health_check.kind, CheckType::Http);
+    assert!(c.lb.pools[0].health_check.expect_status[1].contains(302));
     assert!(
-        !c.lb.pool.health_check.expect_status[1].contains(200)
-            || c.lb.pool.health_check.expect_status[0].contains(200)
+        !c.lb.pools[0].health_check.expect_status[1].contains(200)
+            || c.lb.pools[0].health_check.expect_status[0].contains(200)
     );
 }
 
@@ -93,7 +93,7 @@ lb:
 "#,
     )
     .unwrap();
-    let lb = c.lb.pool;
+    let lb = &c.lb.pools[0];
     assert_eq!(lb.selection, Selection::ConsistentHash);
     assert_eq!(lb.hash_key, HashKey::Cookie("session".into()));
     assert_eq!(lb.upstreams[0].max_conns, Some(100));
@@ -107,8 +107,8 @@ lb:
     );
     assert_eq!(lb.queue.size, 10);
     let short = Config::from_yaml(&format!("{MINIMAL}  retries: 0\n")).unwrap();
-    assert_eq!(short.lb.pool.retries.attempts, 0);
-    assert_eq!(short.lb.pool.retries.on, RetryPolicy::default().on);
+    assert_eq!(short.lb.pools[0].retries.attempts, 0);
+    assert_eq!(short.lb.pools[0].retries.on, RetryPolicy::default().on);
 }
 
 #[test]

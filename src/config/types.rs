@@ -266,6 +266,8 @@ pub struct AccessLogSettings {
 /// upstreams rather than the listeners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
+    /// `default` for the one-pool form.
+    pub name: String,
     pub upstreams: Vec<Upstream>,
     pub selection: Selection,
     /// `consistent_hash` only: what is hashed.
@@ -283,6 +285,7 @@ impl PoolConfig {
     /// A pool with every default over `upstreams`.
     pub fn with_defaults(upstreams: Vec<Upstream>) -> Self {
         PoolConfig {
+            name: DEFAULT_POOL.to_string(),
             upstreams,
             selection: Selection::default(),
             hash_key: HashKey::default(),
@@ -296,11 +299,132 @@ impl PoolConfig {
     }
 }
 
+/// The name of the pool of the one-pool form.
+pub const DEFAULT_POOL: &str = "default";
+
+/// Which hosts a route applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// Every host.
+    Any,
+    /// One host, lowercase, without a port.
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (held as `example.com`).
+    Wildcard(String),
+}
+
+impl HostMatch {
+    /// Whether `host` (lowercase, without a port) is one this matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix.as_str())
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Any => f.write_str("any host"),
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+/// Which paths a route applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Any,
+    /// `/static/` matches `/static/...`; `/static` matches `/static` and `/static/...` (whole
+    /// segments).
+    Prefix(String),
+    /// `= /exact`.
+    Exact(String),
+    /// `~ ^/v[0-9]+/`: a regular expression, checked at load.
+    Regex(String),
+}
+
+impl PathMatch {
+    /// Whether a prefix route's prefix matches `path`.
+    pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+        path.starts_with(prefix)
+            && (prefix.ends_with('/')
+                || path.len() == prefix.len()
+                || path.as_bytes()[prefix.len()] == b'/')
+    }
+}
+
+/// What a route does with a request it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Proxy to the pool at this index of `LbConfig::pools`.
+    Pool(usize),
+    /// Answer with a redirect to `to` followed by the request's path and query.
+    Redirect { to: String, status: u16 },
+    /// Answer with a fixed response.
+    Respond {
+        status: u16,
+        body: String,
+        content_type: String,
+    },
+}
+
+/// One validated route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// As written, or `routes[N]`.
+    pub name: String,
+    pub host: HostMatch,
+    pub path: PathMatch,
+    /// A prefix route: the prefix is removed from the path sent upstream.
+    pub strip_prefix: bool,
+    /// Empty for any method.
+    pub methods: Vec<http::Method>,
+    /// Request headers that must be present with exactly these values.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub action: RouteAction,
+    pub set_request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_request_headers: Vec<http::HeaderName>,
+    pub set_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_response_headers: Vec<http::HeaderName>,
+}
+
+impl RouteConfig {
+    /// A route that sends every request to pool `index`.
+    pub fn catch_all(name: &str, index: usize) -> Self {
+        RouteConfig {
+            name: name.to_string(),
+            host: HostMatch::Any,
+            path: PathMatch::Any,
+            strip_prefix: false,
+            methods: Vec::new(),
+            headers: Vec::new(),
+            action: RouteAction::Pool(index),
+            set_request_headers: Vec::new(),
+            remove_request_headers: Vec::new(),
+            set_response_headers: Vec::new(),
+            remove_response_headers: Vec::new(),
+        }
+    }
+}
+
 /// The validated `lb:` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbConfig {
     pub listen: Vec<SocketAddr>,
-    pub pool: PoolConfig,
+    /// How long an idle client keep-alive connection is kept open (`lb.timeouts.idle`).
+    pub client_idle: Duration,
+    /// At least one; the one-pool form has one named `default`.
+    pub pools: Vec<PoolConfig>,
+    /// First match wins; the one-pool form has one catch-all route.
+    pub routes: Vec<RouteConfig>,
     /// Off when `None`.
     pub admin: Option<AdminConfig>,
     /// Off when `None`.
@@ -315,13 +439,19 @@ impl LbConfig {
         all
     }
 
-    /// A configuration with every default, for `listen` and `upstreams`.
+    /// The one-pool form with every default, for `listen` and `upstreams`.
     pub fn with_defaults(listen: Vec<SocketAddr>, upstreams: Vec<Upstream>) -> Self {
         LbConfig {
             listen,
-            pool: PoolConfig::with_defaults(upstreams),
+            client_idle: Timeouts::default().idle,
+            pools: vec![PoolConfig::with_defaults(upstreams)],
+            routes: vec![RouteConfig::catch_all(DEFAULT_POOL, 0)],
             admin: None,
             access_log: None,
         }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
     }
 }

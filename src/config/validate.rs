@@ -13,25 +13,51 @@ use super::values::{non_zero, parse_hash_key, resolve};
 use super::ConfigError;
 use crate::outcome::OutcomeSet;
 
+use super::raw::Merge;
+
 impl RawLb {
     /// Validates the whole section against the pingora settings it runs under.
     pub(crate) fn validate(self, server: &ServerConf) -> Result<LbConfig, ConfigError> {
-        let listen = validate_listen(self.listen)?;
-        let pool = PoolConfig {
-            upstreams: validate_upstreams(self.upstreams)?,
-            selection: self.selection,
-            hash_key: match self.hash_key {
-                Some(text) => parse_hash_key(&text)
-                    .map_err(|reason| ConfigError::invalid("lb.hash_key", reason))?,
-                None => HashKey::default(),
-            },
-            retries: validate_retries(self.retries, server)?,
-            timeouts: validate_timeouts(self.timeouts)?,
-            health_check: validate_health_check(self.health_check)?,
-            passive_health: validate_passive(self.passive_health)?,
-            slow_start: self.slow_start.map_or(Duration::ZERO, |d| d.0),
-            queue: validate_queue(self.queue)?,
+        let listen = validate_listen(self.listen.clone())?;
+        let defaults = self.pool_keys();
+        let client_idle = validate_timeouts("lb", defaults.timeouts.clone())?.idle;
+        let pools = match self.pools {
+            None => vec![validate_pool("lb", DEFAULT_POOL, defaults, server, true)?],
+            Some(OrderedMap(list)) => {
+                if list.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "lb.pools",
+                        "empty: name at least one pool, e.g. { web: { upstreams: [...] } }",
+                    ));
+                }
+                // The lb-level keys are checked as defaults first, so that their errors name
+                // `lb.` keys and not the first pool that inherits them.
+                validate_pool("lb", DEFAULT_POOL, defaults.clone(), server, false)?;
+                let mut pools = Vec::with_capacity(list.len());
+                for (name, raw) in list {
+                    let key = format!("lb.pools.{name}");
+                    if name.is_empty()
+                        || !name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                    {
+                        return Err(ConfigError::invalid(
+                            key,
+                            "a pool name may hold only letters, digits, `_`, `-` and `.`",
+                        ));
+                    }
+                    pools.push(validate_pool(
+                        &key,
+                        &name,
+                        raw.over(&defaults),
+                        server,
+                        true,
+                    )?);
+                }
+                pools
+            }
         };
+        let routes = super::routes::validate_routes(self.routes, &pools)?;
         let admin = self
             .admin
             .map(|raw| validate_admin(raw, &listen))
@@ -39,11 +65,39 @@ impl RawLb {
         let access_log = self.access_log.map(validate_access_log).transpose()?;
         Ok(LbConfig {
             listen,
-            pool,
+            client_idle,
+            pools,
+            routes,
             admin,
             access_log,
         })
     }
+}
+
+/// Validates one pool's keys; `prefix` is the key path errors name (`lb` or `lb.pools.NAME`).
+fn validate_pool(
+    prefix: &str,
+    name: &str,
+    raw: RawPool,
+    server: &ServerConf,
+    require_upstreams: bool,
+) -> Result<PoolConfig, ConfigError> {
+    Ok(PoolConfig {
+        name: name.to_string(),
+        upstreams: validate_upstreams(prefix, raw.upstreams, require_upstreams)?,
+        selection: raw.selection.unwrap_or_default(),
+        hash_key: match raw.hash_key {
+            Some(text) => parse_hash_key(&text)
+                .map_err(|reason| ConfigError::invalid(format!("{prefix}.hash_key"), reason))?,
+            None => HashKey::default(),
+        },
+        retries: validate_retries(prefix, raw.retries, server)?,
+        timeouts: validate_timeouts(prefix, raw.timeouts)?,
+        health_check: validate_health_check(prefix, raw.health_check.unwrap_or_default())?,
+        passive_health: validate_passive(prefix, raw.passive_health.unwrap_or_default())?,
+        slow_start: raw.slow_start.map_or(Duration::ZERO, |d| d.0),
+        queue: validate_queue(prefix, raw.queue.unwrap_or_default())?,
+    })
 }
 
 fn validate_listen(raw: Option<Vec<String>>) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -79,36 +133,48 @@ fn validate_listen(raw: Option<Vec<String>>) -> Result<Vec<SocketAddr>, ConfigEr
     Ok(listen)
 }
 
-fn validate_upstreams(raw: Option<Vec<RawUpstream>>) -> Result<Vec<Upstream>, ConfigError> {
-    let upstreams_raw = raw.ok_or_else(|| {
-        ConfigError::invalid("lb.upstreams", "missing: give at least one backend address")
-    })?;
+fn validate_upstreams(
+    prefix: &str,
+    raw: Option<Vec<RawUpstream>>,
+    required: bool,
+) -> Result<Vec<Upstream>, ConfigError> {
+    let key = format!("{prefix}.upstreams");
+    let upstreams_raw = match raw {
+        Some(list) => list,
+        None if !required => return Ok(Vec::new()),
+        None => {
+            return Err(ConfigError::invalid(
+                key,
+                "missing: give at least one backend address",
+            ))
+        }
+    };
     if upstreams_raw.is_empty() {
         return Err(ConfigError::invalid(
-            "lb.upstreams",
+            key,
             "empty: give at least one backend address",
         ));
     }
     let mut upstreams: Vec<Upstream> = Vec::with_capacity(upstreams_raw.len());
     let mut seen = std::collections::HashMap::with_capacity(upstreams_raw.len());
     for (i, raw) in upstreams_raw.into_iter().enumerate() {
-        let addr = resolve(&format!("lb.upstreams[{i}].addr"), raw.addr.trim())?;
+        let addr = resolve(&format!("{key}[{i}].addr"), raw.addr.trim())?;
         let weight = raw.weight.unwrap_or(1);
         if weight == 0 {
             return Err(ConfigError::invalid(
-                format!("lb.upstreams[{i}].weight"),
+                format!("{key}[{i}].weight"),
                 "must be at least 1 (remove the upstream to send it nothing)",
             ));
         }
         if weight > MAX_WEIGHT {
             return Err(ConfigError::invalid(
-                format!("lb.upstreams[{i}].weight"),
+                format!("{key}[{i}].weight"),
                 format!("{weight} is above the maximum of {MAX_WEIGHT}"),
             ));
         }
         if raw.max_conns == Some(0) {
             return Err(ConfigError::invalid(
-                format!("lb.upstreams[{i}].max_conns"),
+                format!("{key}[{i}].max_conns"),
                 "must be at least 1 (leave it out for no limit)",
             ));
         }
@@ -116,7 +182,7 @@ fn validate_upstreams(raw: Option<Vec<RawUpstream>>) -> Result<Vec<Upstream>, Co
         if let Some(&other) = seen.get(&addr) {
             let other: &Upstream = &upstreams[other];
             return Err(ConfigError::invalid(
-                format!("lb.upstreams[{i}]"),
+                format!("{key}[{i}]"),
                 format!("`{}` is the same upstream as `{}`", raw.addr, other.name),
             ));
         }
@@ -129,40 +195,53 @@ fn validate_upstreams(raw: Option<Vec<RawUpstream>>) -> Result<Vec<Upstream>, Co
             backup: raw.backup.unwrap_or(false),
         });
     }
-    if upstreams.iter().all(|u| u.backup) {
+    if !upstreams.is_empty() && upstreams.iter().all(|u| u.backup) {
         return Err(ConfigError::invalid(
-            "lb.upstreams",
+            key,
             "every upstream is a backup: at least one must be a primary",
         ));
     }
     Ok(upstreams)
 }
 
-fn validate_queue(raw: RawQueue) -> Result<QueueConfig, ConfigError> {
+fn validate_queue(prefix: &str, raw: RawQueue) -> Result<QueueConfig, ConfigError> {
     let defaults = QueueConfig::default();
     Ok(QueueConfig {
         size: raw.size.unwrap_or(defaults.size),
         timeout: non_zero(
-            "lb.queue.timeout",
+            &format!("{prefix}.queue.timeout"),
             raw.timeout.map_or(defaults.timeout, |d| d.0),
         )?,
     })
 }
 
-fn validate_timeouts(t: RawTimeouts) -> Result<Timeouts, ConfigError> {
+fn validate_timeouts(prefix: &str, t: Option<RawTimeouts>) -> Result<Timeouts, ConfigError> {
+    let t = t.unwrap_or_default();
     let defaults = Timeouts::default();
     Ok(Timeouts {
         connect: non_zero(
-            "lb.timeouts.connect",
+            &format!("{prefix}.timeouts.connect"),
             t.connect.map_or(defaults.connect, |d| d.0),
         )?,
-        read: non_zero("lb.timeouts.read", t.read.map_or(defaults.read, |d| d.0))?,
-        write: non_zero("lb.timeouts.write", t.write.map_or(defaults.write, |d| d.0))?,
-        idle: non_zero("lb.timeouts.idle", t.idle.map_or(defaults.idle, |d| d.0))?,
+        read: non_zero(
+            &format!("{prefix}.timeouts.read"),
+            t.read.map_or(defaults.read, |d| d.0),
+        )?,
+        write: non_zero(
+            &format!("{prefix}.timeouts.write"),
+            t.write.map_or(defaults.write, |d| d.0),
+        )?,
+        idle: non_zero(
+            &format!("{prefix}.timeouts.idle"),
+            t.idle.map_or(defaults.idle, |d| d.0),
+        )?,
     })
 }
 
-fn validate_health_check(h: RawHealthCheck) -> Result<HealthCheckConfig, ConfigError> {
+fn validate_health_check(
+    prefix: &str,
+    h: RawHealthCheck,
+) -> Result<HealthCheckConfig, ConfigError> {
     let defaults = HealthCheckConfig::default();
     let count = |key: &str, v: Option<usize>, default: usize| -> Result<usize, ConfigError> {
         match v.unwrap_or(default) {
@@ -173,21 +252,21 @@ fn validate_health_check(h: RawHealthCheck) -> Result<HealthCheckConfig, ConfigE
     let path = h.path.unwrap_or(defaults.path);
     if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ConfigError::invalid(
-            "lb.health_check.path",
+            format!("{prefix}.health_check.path"),
             format!("`{path}` must start with / and contain no spaces"),
         ));
     }
     let host = h.host.unwrap_or(defaults.host);
     if host.is_empty() || http::HeaderValue::from_str(&host).is_err() {
         return Err(ConfigError::invalid(
-            "lb.health_check.host",
+            format!("{prefix}.health_check.host"),
             format!("`{host}` is not a valid Host header value"),
         ));
     }
     let expect_status = match h.expect_status {
         Some(list) if list.is_empty() => {
             return Err(ConfigError::invalid(
-                "lb.health_check.expect_status",
+                format!("{prefix}.health_check.expect_status"),
                 "empty: give at least one status, e.g. [200] or [\"200-399\"]",
             ))
         }
@@ -195,22 +274,22 @@ fn validate_health_check(h: RawHealthCheck) -> Result<HealthCheckConfig, ConfigE
         None => defaults.expect_status,
     };
     Ok(HealthCheckConfig {
-        kind: h.kind,
+        kind: h.kind.unwrap_or_default(),
         interval: non_zero(
-            "lb.health_check.interval",
+            &format!("{prefix}.health_check.interval"),
             h.interval.map_or(defaults.interval, |d| d.0),
         )?,
         timeout: non_zero(
-            "lb.health_check.timeout",
+            &format!("{prefix}.health_check.timeout"),
             h.timeout.map_or(defaults.timeout, |d| d.0),
         )?,
         healthy_after: count(
-            "lb.health_check.healthy_after",
+            &format!("{prefix}.health_check.healthy_after"),
             h.healthy_after,
             defaults.healthy_after,
         )?,
         unhealthy_after: count(
-            "lb.health_check.unhealthy_after",
+            &format!("{prefix}.health_check.unhealthy_after"),
             h.unhealthy_after,
             defaults.unhealthy_after,
         )?,
@@ -295,22 +374,16 @@ fn failure_set(list: Option<Vec<FailureValue>>, default: OutcomeSet) -> OutcomeS
 }
 
 fn validate_retries(
+    prefix: &str,
     raw: Option<RawRetries>,
     server: &ServerConf,
 ) -> Result<RetryPolicy, ConfigError> {
     let defaults = RetryPolicy::default();
-    let block = match raw {
-        None => RawRetryBlock::default(),
-        Some(RawRetries::Attempts(n)) => RawRetryBlock {
-            attempts: Some(n),
-            ..RawRetryBlock::default()
-        },
-        Some(RawRetries::Block(block)) => block,
-    };
+    let block = raw.map(|r| r.block()).unwrap_or_default();
     let attempts = block.attempts.unwrap_or(defaults.attempts);
     if attempts >= server.max_retries {
         return Err(ConfigError::invalid(
-            "lb.retries.attempts",
+            format!("{prefix}.retries.attempts"),
             format!(
                 "{attempts} must be below the server's max_retries ({})",
                 server.max_retries
@@ -320,7 +393,7 @@ fn validate_retries(
     let budget_percent = block.budget_percent.unwrap_or(defaults.budget_percent);
     if budget_percent > 100 {
         return Err(ConfigError::invalid(
-            "lb.retries.budget_percent",
+            format!("{prefix}.retries.budget_percent"),
             format!("{budget_percent} is above 100"),
         ));
     }
@@ -334,10 +407,10 @@ fn validate_retries(
     })
 }
 
-fn validate_passive(raw: RawPassiveHealth) -> Result<PassiveHealth, ConfigError> {
+fn validate_passive(prefix: &str, raw: RawPassiveHealth) -> Result<PassiveHealth, ConfigError> {
     let defaults = PassiveHealth::default();
     let eject_for = non_zero(
-        "lb.passive_health.eject_for",
+        &format!("{prefix}.passive_health.eject_for"),
         raw.eject_for.map_or(defaults.eject_for, |d| d.0),
     )?;
     let max_eject_for = raw
@@ -345,7 +418,7 @@ fn validate_passive(raw: RawPassiveHealth) -> Result<PassiveHealth, ConfigError>
         .map_or(defaults.max_eject_for.max(eject_for), |d| d.0);
     if max_eject_for < eject_for {
         return Err(ConfigError::invalid(
-            "lb.passive_health.max_eject_for",
+            format!("{prefix}.passive_health.max_eject_for"),
             "must not be shorter than eject_for",
         ));
     }
@@ -354,7 +427,7 @@ fn validate_passive(raw: RawPassiveHealth) -> Result<PassiveHealth, ConfigError>
         .unwrap_or(defaults.max_ejected_percent);
     if max_ejected_percent > 100 {
         return Err(ConfigError::invalid(
-            "lb.passive_health.max_ejected_percent",
+            format!("{prefix}.passive_health.max_ejected_percent"),
             format!("{max_ejected_percent} is above 100"),
         ));
     }

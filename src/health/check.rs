@@ -111,6 +111,7 @@ impl UpstreamCheck {
                 Err(reason) => reason.clone(),
             },
         );
+        let addr = upstream.label();
         let mut state = upstream.check.lock().unwrap_or_else(|p| p.into_inner());
         let passed = result.is_ok();
         match state.up {

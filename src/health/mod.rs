@@ -13,7 +13,10 @@
 
 mod check;
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -45,6 +48,9 @@ impl HealthService {
     }
 }
 
+/// How often ejections are looked at, and the longest a due check round waits.
+const TICK: Duration = Duration::from_millis(250);
+
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start_with_ready_notifier(
@@ -58,33 +64,47 @@ impl BackgroundService for HealthService {
         first.registry.set_serving();
         (self.on_first_round)();
         ready.notify_ready();
-        loop {
-            let routing = self.routing.load_full();
-            let Some(interval) = routing.check_interval() else {
-                // Checks are off (a reload may turn them on); ejections still end.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                        routing.end_due_ejections();
-                        continue;
-                    }
-                    _ = shutdown.changed() => return,
-                }
-            };
-            // Ejections end on their own time, between check rounds: look every 250 ms.
-            let round = tokio::time::Instant::now() + interval;
-            while tokio::time::Instant::now() < round {
-                let tick = (round - tokio::time::Instant::now()).min(Duration::from_millis(250));
-                tokio::select! {
-                    _ = tokio::time::sleep(tick) => {}
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            return;
-                        }
-                    }
-                }
-                self.routing.load().end_due_ejections();
+        // Each pool runs on its own interval, by name, so a reload that keeps a pool keeps its
+        // rhythm; ejections end on their own time, between rounds.
+        let mut next_round: HashMap<String, Instant> = HashMap::new();
+        let start = Instant::now();
+        for pool in &first.pools {
+            if let Some(interval) = pool.check_interval() {
+                next_round.insert(pool.config.name.clone(), start + interval);
             }
-            self.routing.load_full().check_round().await;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return;
+                    }
+                }
+            }
+            let routing = self.routing.load_full();
+            routing.end_due_ejections();
+            let now = Instant::now();
+            let due: Vec<_> = routing
+                .pools
+                .iter()
+                .filter(|pool| {
+                    let Some(interval) = pool.check_interval() else {
+                        return false;
+                    };
+                    let next = next_round
+                        .entry(pool.config.name.clone())
+                        .or_insert(now + interval);
+                    if now < *next {
+                        return false;
+                    }
+                    *next = now + interval;
+                    true
+                })
+                .collect();
+            if !due.is_empty() {
+                futures::future::join_all(due.into_iter().map(|pool| pool.check_round())).await;
+            }
         }
     }
 }

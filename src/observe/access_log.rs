@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{AccessLogFormat, AccessLogSettings};
+use crate::outcome::Outcome;
 
 /// Lines that may wait for the writer.
 const QUEUE_LINES: usize = 65_536;
@@ -47,6 +48,11 @@ pub(crate) struct AccessEntry<'a> {
     pub(crate) upstream_time: Option<Duration>,
     pub(crate) total_time: Duration,
     pub(crate) retries: u32,
+    /// The pool and route that took the request.
+    pub(crate) pool: Option<&'a str>,
+    pub(crate) route: Option<&'a str>,
+    /// How the last attempt on an upstream ended.
+    pub(crate) outcome: Option<Outcome>,
 }
 
 /// The receiving end and the file, held until the writer thread takes them.
@@ -320,7 +326,7 @@ fn combined(e: &AccessEntry<'_>) -> String {
         .upstream_time
         .map_or("-".to_string(), |t| format!("{:.3}", t.as_secs_f64()));
     format!(
-        "{client} - - [{time}] \"{} {} {}\" {} {} \"{}\" \"{}\" upstream={upstream} upstream_time={upstream_time} total_time={:.3} retries={}",
+        "{client} - - [{time}] \"{} {} {}\" {} {} \"{}\" \"{}\" upstream={upstream} upstream_time={upstream_time} total_time={:.3} retries={} pool={} route={} outcome={}",
         escape(e.method),
         escape(e.target),
         escape(e.version),
@@ -329,7 +335,10 @@ fn combined(e: &AccessEntry<'_>) -> String {
         e.referer.map_or("-".to_string(), escape),
         e.user_agent.map_or("-".to_string(), escape),
         e.total_time.as_secs_f64(),
-        e.retries
+        e.retries,
+        e.pool.unwrap_or("-"),
+        e.route.unwrap_or("-"),
+        e.outcome.map_or("-".to_string(), |o| o.to_string()),
     )
 }
 
@@ -365,6 +374,9 @@ fn json(e: &AccessEntry<'_>) -> String {
         "upstream_time": e.upstream_time.map(|t| round3(t.as_secs_f64())),
         "total_time": round3(e.total_time.as_secs_f64()),
         "retries": e.retries,
+        "pool": e.pool,
+        "route": e.route,
+        "outcome": e.outcome.map(|o| o.to_string()),
     })
     .to_string()
 }
@@ -392,6 +404,9 @@ mod tests {
             upstream_time: Some(Duration::from_millis(1)),
             total_time: Duration::from_millis(2),
             retries: 0,
+            pool: Some("default"),
+            route: Some("default"),
+            outcome: Some(Outcome::Status(200)),
         }
     }
 
@@ -416,7 +431,7 @@ mod tests {
     fn combined_line() {
         assert_eq!(
             combined(&entry()),
-            "127.0.0.1 - - [18/Nov/2026:11:06:40 +0000] \"GET /a?b=1 HTTP/1.1\" 200 13 \"-\" \"curl/8.0\" upstream=127.0.0.1:8081 upstream_time=0.001 total_time=0.002 retries=0"
+            "127.0.0.1 - - [18/Nov/2026:11:06:40 +0000] \"GET /a?b=1 HTTP/1.1\" 200 13 \"-\" \"curl/8.0\" upstream=127.0.0.1:8081 upstream_time=0.001 total_time=0.002 retries=0 pool=default route=default outcome=status_200"
         );
     }
 

@@ -80,7 +80,7 @@ impl Metrics {
                 "Time from sending a request to an upstream until its response header arrived.",
             )
             .buckets(BUCKETS.to_vec()),
-            &["upstream"],
+            &["pool", "upstream"],
         ));
         must(registry.register(Box::new(upstream_latency.clone())));
         let request_duration = must(Histogram::with_opts(
@@ -105,43 +105,43 @@ impl Metrics {
             upstream_requests: counter(
                 "lb_upstream_requests_total",
                 "Attempts sent to an upstream (a retried request counts once per upstream).",
-                &["upstream"],
+                &["pool", "upstream"],
             ),
             upstream_responses: counter(
                 "lb_upstream_responses_total",
                 "Responses received from an upstream, by status class.",
-                &["upstream", "class"],
+                &["pool", "upstream", "class"],
             ),
             upstream_failures: counter(
                 "lb_upstream_failures_total",
                 "Failed attempts on an upstream, by kind: connect, timeout, reset, status_5xx.",
-                &["upstream", "kind"],
+                &["pool", "upstream", "kind"],
             ),
             upstream_retries: counter(
                 "lb_upstream_retries_total",
                 "Attempts on an upstream that failed and were retried on another one.",
-                &["upstream"],
+                &["pool", "upstream"],
             ),
             upstream_ejections: counter(
                 "lb_upstream_ejections_total",
                 "Times passive health ejected an upstream.",
-                &["upstream"],
+                &["pool", "upstream"],
             ),
             upstream_latency,
             upstream_in_flight: gauge(
                 "lb_upstream_in_flight",
                 "Requests in flight to an upstream.",
-                &["upstream"],
+                &["pool", "upstream"],
             ),
             upstream_state: gauge(
                 "lb_upstream_state",
                 "1 for the state an upstream is in (up, slow_start, ejected, down, draining, disabled).",
-                &["upstream", "state"],
+                &["pool", "upstream", "state"],
             ),
             upstream_weight: gauge(
                 "lb_upstream_weight",
                 "The weight in force for an upstream.",
-                &["upstream"],
+                &["pool", "upstream"],
             ),
             requests: {
                 let vec = counter(
@@ -187,23 +187,27 @@ impl Metrics {
 
     /// Forgets the series of an upstream that left the configuration; `states` are the labels
     /// its `lb_upstream_state` series may carry.
-    pub(crate) fn forget_upstream(&self, addr: &str, states: &[&str]) {
-        let _ = self.upstream_requests.remove_label_values(&[addr]);
-        let _ = self.upstream_retries.remove_label_values(&[addr]);
-        let _ = self.upstream_ejections.remove_label_values(&[addr]);
-        let _ = self.upstream_latency.remove_label_values(&[addr]);
-        let _ = self.upstream_in_flight.remove_label_values(&[addr]);
-        let _ = self.upstream_weight.remove_label_values(&[addr]);
+    pub(crate) fn forget_upstream(&self, pool: &str, addr: &str, states: &[&str]) {
+        let _ = self.upstream_requests.remove_label_values(&[pool, addr]);
+        let _ = self.upstream_retries.remove_label_values(&[pool, addr]);
+        let _ = self.upstream_ejections.remove_label_values(&[pool, addr]);
+        let _ = self.upstream_latency.remove_label_values(&[pool, addr]);
+        let _ = self.upstream_in_flight.remove_label_values(&[pool, addr]);
+        let _ = self.upstream_weight.remove_label_values(&[pool, addr]);
         for class in STATUS_CLASSES {
-            let _ = self.upstream_responses.remove_label_values(&[addr, class]);
+            let _ = self
+                .upstream_responses
+                .remove_label_values(&[pool, addr, class]);
         }
         for kind in FailureKind::ALL {
             let _ = self
                 .upstream_failures
-                .remove_label_values(&[addr, kind.label()]);
+                .remove_label_values(&[pool, addr, kind.label()]);
         }
         for state in states {
-            let _ = self.upstream_state.remove_label_values(&[addr, state]);
+            let _ = self
+                .upstream_state
+                .remove_label_values(&[pool, addr, state]);
         }
     }
 
@@ -246,15 +250,18 @@ pub(crate) struct UpstreamStats {
 }
 
 impl UpstreamStats {
-    pub(crate) fn new(m: &Metrics, addr: &str) -> Self {
+    pub(crate) fn new(m: &Metrics, pool: &str, addr: &str) -> Self {
         UpstreamStats {
-            requests: m.upstream_requests.with_label_values(&[addr]),
-            responses: STATUS_CLASSES.map(|c| m.upstream_responses.with_label_values(&[addr, c])),
-            failures: FailureKind::ALL
-                .map(|k| m.upstream_failures.with_label_values(&[addr, k.label()])),
-            retries: m.upstream_retries.with_label_values(&[addr]),
-            ejections_counter: m.upstream_ejections.with_label_values(&[addr]),
-            latency: m.upstream_latency.with_label_values(&[addr]),
+            requests: m.upstream_requests.with_label_values(&[pool, addr]),
+            responses: STATUS_CLASSES
+                .map(|c| m.upstream_responses.with_label_values(&[pool, addr, c])),
+            failures: FailureKind::ALL.map(|k| {
+                m.upstream_failures
+                    .with_label_values(&[pool, addr, k.label()])
+            }),
+            retries: m.upstream_retries.with_label_values(&[pool, addr]),
+            ejections_counter: m.upstream_ejections.with_label_values(&[pool, addr]),
+            latency: m.upstream_latency.with_label_values(&[pool, addr]),
             ejections: AtomicU64::new(0),
             history: Mutex::new(History::default()),
         }
@@ -324,16 +331,17 @@ mod tests {
     #[test]
     fn counters_reach_the_exposition() {
         let metrics = Metrics::new();
-        let stats = UpstreamStats::new(&metrics, "127.0.0.9:1");
+        let stats = UpstreamStats::new(&metrics, "p", "127.0.0.9:1");
         stats.record(Outcome::Status(200), Some(Duration::from_millis(2)));
         stats.record(Outcome::Status(503), Some(Duration::from_millis(2)));
         stats.record(Outcome::ConnectFailure, None);
         let t = stats.totals();
         assert_eq!((t.requests, t.responses[1], t.failures), (3, 1, 2));
         let text = metrics.render();
-        assert!(text
-            .contains("lb_upstream_failures_total{kind=\"connect\",upstream=\"127.0.0.9:1\"} 1"));
-        metrics.forget_upstream("127.0.0.9:1", &[]);
+        assert!(text.contains(
+            "lb_upstream_failures_total{kind=\"connect\",pool=\"p\",upstream=\"127.0.0.9:1\"} 1"
+        ));
+        metrics.forget_upstream("p", "127.0.0.9:1", &[]);
         assert!(!metrics.render().contains("127.0.0.9:1"));
     }
 }

@@ -66,7 +66,7 @@ pub fn reload(path: &Path) -> Result<String, ControlError> {
         .map_or(0, |s| s.reloads);
     send(pid, libc::SIGHUP)?;
     // The instance checks new upstreams once before answering.
-    let waited = config.lb.pool.health_check.timeout + Duration::from_secs(10);
+    let waited = longest_check_timeout(&config) + Duration::from_secs(10);
     let deadline = Instant::now() + waited;
     while Instant::now() < deadline {
         if let Some(status) = files
@@ -173,7 +173,7 @@ pub fn upgrade(path: &Path, binary: Option<&Path>) -> Result<String, ControlErro
     })?;
     let new = child.id();
 
-    let checked_within = config.lb.pool.health_check.timeout + Duration::from_secs(30);
+    let checked_within = longest_check_timeout(&config) + Duration::from_secs(30);
     if let Err(detail) = wait_for_stage(
         &mut child,
         &ready_file,
@@ -263,4 +263,15 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     done()
+}
+
+/// The longest health-check timeout of any pool: how long a first check round may take.
+fn longest_check_timeout(config: &Config) -> Duration {
+    config
+        .lb
+        .pools
+        .iter()
+        .map(|p| p.health_check.timeout)
+        .max()
+        .unwrap_or_default()
 }

@@ -25,9 +25,9 @@ pub(crate) fn build_routing(
     registry: Arc<Registry>,
     previous: Option<&Routing>,
 ) -> std::io::Result<Routing> {
-    let states = registry.members(&config.pool.upstreams);
-    let check = health::build_check(&config.pool.health_check, &states);
-    Routing::new(config, registry, previous, check)
+    Routing::new(config, registry, previous, |pool, states| {
+        health::build_check(&pool.health_check, states)
+    })
 }
 
 /// Why a reload was not applied.
@@ -110,7 +110,7 @@ impl ReloadService {
         // Settle the new upstream set before it takes traffic: kept upstreams keep their
         // state, new ones get their first check now.
         next.check_round().await;
-        let summary = describe_changes(&current.config.pool, &next.config.pool);
+        let summary = describe_changes(&current.config, &next.config);
         self.routing.store(Arc::new(next));
         Ok(summary)
     }
@@ -208,7 +208,54 @@ fn changed_keys(before: &serde_yaml_ng::Value, after: &serde_yaml_ng::Value) -> 
 }
 
 /// A one-line account of what a reload changed.
-fn describe_changes(before: &PoolConfig, after: &PoolConfig) -> String {
+fn describe_changes(before: &LbConfig, after: &LbConfig) -> String {
+    let names = |c: &LbConfig| -> Vec<String> { c.pools.iter().map(|p| p.name.clone()).collect() };
+    let (old, new) = (names(before), names(after));
+    let mut parts = Vec::new();
+    let added: Vec<&String> = new.iter().filter(|n| !old.contains(n)).collect();
+    let removed: Vec<&String> = old.iter().filter(|n| !new.contains(n)).collect();
+    if !added.is_empty() {
+        parts.push(format!("pools added {}", join(&added)));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("pools removed {}", join(&removed)));
+    }
+    let several = after.pools.len() > 1 || before.pools.len() > 1;
+    for pool in &after.pools {
+        if let Some(previous) = before.pool(&pool.name) {
+            for part in describe_pool_changes(previous, pool) {
+                parts.push(if several {
+                    format!("{}: {part}", pool.name)
+                } else {
+                    part
+                });
+            }
+        }
+    }
+    if before.routes != after.routes {
+        parts.push(format!("routes changed ({} routes)", after.routes.len()));
+    }
+    if before.client_idle != after.client_idle {
+        parts.push("timeouts changed".to_string());
+    }
+    let upstreams: usize = after.pools.iter().map(|p| p.upstreams.len()).sum();
+    if parts.is_empty() {
+        format!("no change ({upstreams} upstreams)")
+    } else {
+        format!("{} ({upstreams} upstreams)", parts.join("; "))
+    }
+}
+
+fn join(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What changed in one pool that both configurations have.
+fn describe_pool_changes(before: &PoolConfig, after: &PoolConfig) -> Vec<String> {
     let find = |list: &[Upstream], addr: SocketAddr| list.iter().find(|u| u.addr == addr).cloned();
     // The upstreams of `list` that `other` lacks.
     let missing = |list: &[Upstream], other: &[Upstream]| -> Vec<String> {
@@ -285,9 +332,5 @@ fn describe_changes(before: &PoolConfig, after: &PoolConfig) -> String {
     if before.health_check != after.health_check {
         parts.push("health checks changed".to_string());
     }
-    if parts.is_empty() {
-        format!("no change ({} upstreams)", after.upstreams.len())
-    } else {
-        format!("{} ({} upstreams)", parts.join("; "), after.upstreams.len())
-    }
+    parts
 }

@@ -81,7 +81,7 @@ pub fn build(
                 &server.configuration,
                 LbProxy::new(routing.clone(), in_flight.clone()),
             ),
-            move || idle_routing.load().config.pool.timeouts.idle,
+            move || idle_routing.load().config.client_idle,
         ),
     );
     for addr in &listen {

@@ -4,7 +4,9 @@
 use http::header::{self, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
-use pingora::Result;
+use pingora::{Error, ErrorType, Result};
+
+use crate::balancer::routes::Route;
 
 /// Adds X-Forwarded-For, -Proto and -Host to the request sent upstream.
 pub(super) fn add_forwarding_headers(session: &Session, request: &mut RequestHeader) -> Result<()> {
@@ -36,6 +38,48 @@ pub(super) fn add_forwarding_headers(session: &Session, request: &mut RequestHea
         None => {
             request.remove_header("X-Forwarded-Host");
         }
+    }
+    Ok(())
+}
+
+/// Applies a route's rules to the request sent upstream: the prefix it strips and the headers
+/// it sets and removes.
+pub(super) fn rewrite_request(route: &Route, request: &mut RequestHeader) -> Result<()> {
+    let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Some(stripped) = route.upstream_path(target) {
+        let uri = if stripped.starts_with('/') {
+            stripped.to_string()
+        } else {
+            format!("/{stripped}")
+        };
+        match http::Uri::try_from(uri) {
+            Ok(uri) => request.set_uri(uri),
+            Err(e) => {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    format!("the path left after strip_prefix is not valid: {e}"),
+                )
+            }
+        }
+    }
+    let config = &route.config;
+    for name in &config.remove_request_headers {
+        request.remove_header(name);
+    }
+    for (name, value) in &config.set_request_headers {
+        request.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// Applies a route's response header rules.
+pub(super) fn rewrite_response(route: &Route, response: &mut ResponseHeader) -> Result<()> {
+    let config = &route.config;
+    for name in &config.remove_response_headers {
+        response.remove_header(name);
+    }
+    for (name, value) in &config.set_response_headers {
+        response.insert_header(name.clone(), value.clone())?;
     }
     Ok(())
 }

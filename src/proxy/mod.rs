@@ -15,6 +15,7 @@ mod errors;
 mod forwarding;
 mod in_flight;
 mod request_key;
+mod respond;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +28,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::balancer::routes::Route;
+use crate::balancer::selection::Pool;
 use crate::balancer::{passive, Lease, Routing, SharedRouting};
-use crate::config::Selection;
+use crate::config::{RouteAction, Selection};
 use crate::observe::access_log::AccessEntry;
 use crate::outcome::{describe_error, Outcome};
 
@@ -65,18 +68,39 @@ pub(crate) struct RequestCtx {
     pub(crate) started: Instant,
     /// Retries made for this request.
     pub(crate) retries: u32,
+    /// How the last attempt on an upstream ended.
+    outcome: Option<Outcome>,
+    /// The route that took the request (an index into the routing's routes), once matched.
+    route: Option<usize>,
+    /// The pool the request goes to (an index into the routing's pools), once routed.
+    pool: usize,
     _in_flight: InFlightGuard,
 }
 
 impl RequestCtx {
+    /// The pool this request was routed to.
+    fn pool(&self) -> &Pool {
+        // `pool` is an index the routing's own route table gave, so it is in range; the
+        // fallback keeps a request path free of panics all the same.
+        self.routing
+            .pools
+            .get(self.pool)
+            .unwrap_or(&self.routing.pools[0])
+    }
+
+    fn route(&self) -> Option<&Route> {
+        self.route.and_then(|i| self.routing.routes.get(i))
+    }
+
     /// Whether the retry policy still allows another upstream (attempts and budget). Spends
     /// from the budget when it does.
     fn may_retry(&self) -> bool {
-        let policy = &self.routing.config.pool.retries;
+        let pool = self.pool();
+        let policy = &pool.config.retries;
         if self.tried.len() > policy.attempts {
             return false;
         }
-        if !self.routing.pool.has_usable(&self.tried) {
+        if !pool.has_usable(&self.tried) {
             return false;
         }
         if self.routing.registry.retry_budget.try_retry(policy) {
@@ -97,6 +121,7 @@ impl RequestCtx {
         if std::mem::replace(&mut self.attempt_recorded, true) {
             return;
         }
+        self.outcome = Some(outcome);
         let Some(lease) = &self.lease else { return };
         let state = lease.state();
         let elapsed = self.attempt_started.map(|t| t.elapsed());
@@ -108,9 +133,10 @@ impl RequestCtx {
         if let Some(elapsed) = elapsed {
             state.observe_latency(elapsed);
         }
+        let pool = self.pool();
         passive::record(
-            &self.routing.config.pool.passive_health,
-            &self.routing.pool.members,
+            &pool.config.passive_health,
+            &pool.members,
             state,
             outcome,
             what,
@@ -140,6 +166,9 @@ impl ProxyHttp for LbProxy {
             upstream_time: None,
             started: Instant::now(),
             retries: 0,
+            outcome: None,
+            route: None,
+            pool: 0,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -149,9 +178,55 @@ impl ProxyHttp for LbProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        session.set_keepalive(Some(ctx.routing.config.pool.timeouts.idle.as_secs().max(1)));
+        session.set_keepalive(Some(ctx.routing.config.client_idle.as_secs().max(1)));
         ctx.routing.registry.retry_budget.record_request();
         Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let found = ctx
+            .routing
+            .routes
+            .find(host, req.uri.path(), &req.method, &req.headers)
+            .map(|(index, route)| (index, route.config.action.clone()));
+        let Some((index, action)) = found else {
+            respond::not_found(session).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(index);
+        match action {
+            RouteAction::Pool(pool) => {
+                ctx.pool = pool;
+                Ok(false)
+            }
+            RouteAction::Redirect { to, status } => {
+                let target = session
+                    .req_header()
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str());
+                let path = match ctx.route().and_then(|r| r.upstream_path(target)) {
+                    Some(stripped) => stripped.to_string(),
+                    None => target.to_string(),
+                };
+                respond::redirect(session, status, &to, &path).await?;
+                Ok(true)
+            }
+            RouteAction::Respond {
+                status,
+                body,
+                content_type,
+            } => {
+                respond::fixed(session, status, &content_type, body).await?;
+                Ok(true)
+            }
+        }
     }
 
     async fn upstream_peer(
@@ -161,16 +236,13 @@ impl ProxyHttp for LbProxy {
     ) -> Result<Box<HttpPeer>> {
         // A previous attempt (when retrying) lets go of its upstream first.
         ctx.lease = None;
-        let routing = &ctx.routing;
-        let hash = match routing.config.pool.selection {
-            Selection::ConsistentHash => {
-                request_key::request_hash(session, &routing.config.pool.hash_key)
-            }
+        let pool = ctx.pool();
+        let hash = match pool.config.selection {
+            Selection::ConsistentHash => request_key::request_hash(session, &pool.config.hash_key),
             _ => 0,
         };
-        let lease = routing
-            .pool
-            .acquire(hash, &ctx.tried, &routing.config.pool.queue)
+        let lease = pool
+            .acquire(hash, &ctx.tried, &pool.config.queue)
             .await
             .map_err(errors::acquire_error)?;
         let addr = lease.upstream().addr;
@@ -178,7 +250,7 @@ impl ProxyHttp for LbProxy {
         ctx.lease = Some(lease);
         ctx.attempt_started = Some(Instant::now());
         ctx.attempt_recorded = false;
-        let timeouts = &ctx.routing.config.pool.timeouts;
+        let timeouts = &ctx.pool().config.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let options = &mut peer.options;
         options.connection_timeout = Some(timeouts.connect);
@@ -193,18 +265,26 @@ impl ProxyHttp for LbProxy {
         &self,
         session: &mut Session,
         request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forwarding::add_forwarding_headers(session, request)
+        forwarding::add_forwarding_headers(session, request)?;
+        if let Some(route) = ctx.route() {
+            forwarding::rewrite_request(route, request)?;
+        }
+        Ok(())
     }
 
     async fn response_filter(
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forwarding::strip_hop_by_hop(response)
+        forwarding::strip_hop_by_hop(response)?;
+        if let Some(route) = ctx.route() {
+            forwarding::rewrite_response(route, response)?;
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -222,9 +302,8 @@ impl ProxyHttp for LbProxy {
         // An answer `retries.on` names is dropped and the request goes elsewhere, if that is
         // safe: nothing of it has reached the client yet.
         if ctx
-            .routing
+            .pool()
             .config
-            .pool
             .retries
             .on
             .contains(Outcome::Status(status))
@@ -260,9 +339,8 @@ impl ProxyHttp for LbProxy {
         ctx.record_attempt(Outcome::ConnectFailure, || format!("connect: {reason}"));
         // Nothing of the request reached the upstream, so any request may go elsewhere.
         if ctx
-            .routing
+            .pool()
             .config
-            .pool
             .retries
             .on
             .contains(Outcome::ConnectFailure)
@@ -310,7 +388,7 @@ impl ProxyHttp for LbProxy {
         // A request may be repeated on another upstream only if repeating it is safe: an
         // idempotent method whose whole body we still hold, and no response started towards
         // the client.
-        let retry = ctx.routing.config.pool.retries.on.contains(outcome)
+        let retry = ctx.pool().config.retries.on.contains(outcome)
             && safe_to_repeat(session)
             && ctx.may_retry();
         if retry {
@@ -368,6 +446,12 @@ impl ProxyHttp for LbProxy {
                 upstream_time: ctx.upstream_time,
                 total_time,
                 retries: ctx.retries,
+                pool: ctx
+                    .route()
+                    .filter(|r| matches!(r.config.action, RouteAction::Pool(_)))
+                    .map(|_| ctx.pool().config.name.as_str()),
+                route: ctx.route().map(|r| r.config.name.as_str()),
+                outcome: ctx.outcome,
             });
         }
         if let Some(e) = e {

@@ -106,8 +106,12 @@ impl Drop for Lease {
 
 /// The upstreams of one routing and the algorithm that picks among them.
 pub struct Pool {
+    /// The pool's settings: selection, retries, timeouts, queue, health checks.
+    pub(crate) config: PoolConfig,
     /// pingora's upstream set: holds the active health checks.
     checked: LoadBalancer<RoundRobin>,
+    /// Whether active checks are on.
+    has_check: bool,
     pub(crate) members: Vec<Member>,
     primary: Arc<Tier>,
     backup: Option<Arc<Tier>>,
@@ -120,7 +124,7 @@ pub struct Pool {
 impl Pool {
     /// Builds the pool for `config`; `check`, when given, is what marks upstreams up and down.
     pub fn new(config: &PoolConfig, registry: &Registry, check: Option<Check>) -> Self {
-        let states = registry.members(&config.upstreams);
+        let states = registry.members(&config.name, &config.upstreams);
         let members: Vec<Member> = config
             .upstreams
             .iter()
@@ -132,8 +136,13 @@ impl Pool {
             .collect();
         let set: BTreeSet<Backend> = config.upstreams.iter().map(backend_for).collect();
         let mut checked = LoadBalancer::from_backends(Backends::new(discovery::Static::new(set)));
+        let has_check = check.is_some();
         if let Some(check) = check {
             checked.set_health_check(check);
+        } else {
+            for member in &members {
+                member.state.unchecked();
+            }
         }
         // Static discovery answers at once; this fills pingora's set from the list.
         if !matches!(checked.update().now_or_never(), Some(Ok(()))) {
@@ -162,7 +171,9 @@ impl Pool {
             )
         };
         Pool {
+            config: config.clone(),
             checked,
+            has_check,
             backup,
             primary,
             members,
@@ -172,9 +183,16 @@ impl Pool {
         }
     }
 
-    /// pingora's upstream set with its health checks.
-    pub(crate) fn backends(&self) -> &Backends {
-        self.checked.backends()
+    /// Runs one round of active checks over every upstream, concurrently.
+    pub(crate) async fn check_round(&self) {
+        if self.has_check {
+            self.checked.backends().run_health_check(true).await;
+        }
+    }
+
+    /// Time between check rounds, or `None` when checks are off.
+    pub(crate) fn check_interval(&self) -> Option<std::time::Duration> {
+        self.has_check.then_some(self.config.health_check.interval)
     }
 
     /// Picks an upstream outside `exclude`; `hash` is the request's key for `consistent_hash`.
