@@ -226,7 +226,7 @@ impl AdminApp {
                     _ => (AdminState::Enabled, "enabled"),
                 };
                 let reason = format!("{verb} through the admin API");
-                for (pool, member) in &found {
+                for (_, member) in &found {
                     let state = &member.state;
                     if state.set_admin(admin, &reason) {
                         log::warn!(
@@ -256,7 +256,7 @@ impl AdminApp {
                 match weight {
                     Err(reason) => Answer::error(StatusCode::BAD_REQUEST, reason),
                     Ok(weight) => {
-                        for (pool, member) in &found {
+                        for (_, member) in &found {
                             let state = &member.state;
                             state.set_weight_override(weight);
                             log::warn!(
