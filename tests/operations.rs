@@ -4,6 +4,7 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,19 +23,15 @@ fn slow_request(
     ms: u64,
     backends: &[&Backend],
 ) -> JoinHandle<Result<Response, Error>> {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let path = format!(
-        "/slow/{}?sleep_ms={ms}",
-        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
-    let sent = path.clone();
-    let request = std::thread::spawn(move || try_get(addr, &sent));
-    let prefix = path.split('?').next().unwrap_or_default().to_owned();
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("/slow/{}", N.fetch_add(1, Ordering::SeqCst));
+    let target = format!("{name}?sleep_ms={ms}");
+    let request = std::thread::spawn(move || try_get(addr, &target));
     assert!(
         wait_until(Duration::from_secs(10), || backends
             .iter()
-            .any(|b| b.has_seen(&prefix))),
-        "{path} never reached a backend"
+            .any(|b| b.has_seen(&format!("{name}?")))),
+        "{name} never reached a backend"
     );
     request
 }
