@@ -211,10 +211,17 @@ fn websocket_stays_open_across_a_reload() {
             break;
         }
     }
+    let log_path = lb.log_path.clone();
     let mut echo_round = |message: &[u8]| {
         writer.write_all(message).unwrap();
         let mut back = vec![0u8; message.len()];
-        reader.read_exact(&mut back).unwrap();
+        if let Err(e) = reader.read_exact(&mut back) {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!(
+                "no echo of {:?}: {e}\n{log}",
+                String::from_utf8_lossy(message)
+            );
+        }
         assert_eq!(back, message);
     };
     echo_round(b"before the reload");
