@@ -6,7 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use common::backends::Backend;
+use common::client::request;
+use common::lb_conf::LbConf;
+use common::lb_process::{read_pid, signal, Lb, TempDir};
+use common::wait::wait_until;
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -26,32 +30,25 @@ fn wait_lines(path: &Path, n: usize) -> Vec<String> {
 }
 
 /// Starts lb logging to `access.log` in its own directory; returns it with the log's path.
-fn start(upstreams: &[String], format: &str) -> (Lb, PathBuf) {
+fn start(upstreams: &[&Backend], format: &str) -> (Lb, PathBuf) {
     let dir = TempDir::new();
     let log = dir.0.join("access.log");
-    let extra = format!(
-        "  access_log: {{ path: \"{}\", format: {format} }}\n",
-        log.display()
-    );
-    let listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = config_yaml(&dir.0, listen, upstreams, &extra);
-    (Lb::start_in(dir, listen, &config), log)
+    let config = LbConf::new()
+        .upstreams(upstreams.iter().copied())
+        .access_log(&log, format);
+    (Lb::start_in(dir, config), log)
 }
 
 #[test]
 fn combined_lines_match_the_requests() {
     let a = Backend::start("a");
-    let (lb, log) = start(&[a.addr.to_string()], "combined");
-    send_raw(
-        lb.addr,
-        b"GET /a?x=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: probe/1.0\r\nReferer: http://r/\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    send_raw(
-        lb.addr,
-        b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-    )
-    .unwrap();
+    let (lb, log) = start(&[&a], "combined");
+    request("GET", lb.addr, "/a?x=1")
+        .header("User-Agent", "probe/1.0")
+        .header("Referer", "http://r/")
+        .send()
+        .unwrap();
+    request("POST", lb.addr, "/b").body("hello").send().unwrap();
     let got = wait_lines(&log, 2);
     let first = got.iter().find(|l| l.contains("/a?x=1")).unwrap();
     let post = got.iter().find(|l| l.contains("POST")).unwrap();
@@ -74,7 +71,7 @@ fn combined_lines_match_the_requests() {
 #[test]
 fn json_lines_carry_every_field() {
     let (a, mut b) = (Backend::start("a"), Backend::start("b"));
-    let (lb, log) = start(&[a.addr.to_string(), b.addr.to_string()], "json");
+    let (lb, log) = start(&[&a, &b], "json");
     b.kill();
     // Round robin: the second request meets the dead b and is retried on a.
     lb.get("/one");
@@ -101,7 +98,7 @@ fn json_lines_carry_every_field() {
 #[test]
 fn logging_survives_rotation() {
     let a = Backend::start("a");
-    let (lb, log) = start(&[a.addr.to_string()], "combined");
+    let (lb, log) = start(&[&a], "combined");
     let dir = log.parent().unwrap().to_path_buf();
     let pid = read_pid(&lb.pid_file()).expect("pid");
     for i in 0..5 {
@@ -112,8 +109,11 @@ fn logging_survives_rotation() {
     // logrotate, then SIGUSR1 (as with nginx).
     let first = dir.join("access.log.1");
     std::fs::rename(&log, &first).unwrap();
-    unsafe_kill(pid, "USR1");
-    wait_until(Duration::from_secs(2), || log.exists());
+    signal(pid, libc::SIGUSR1).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || log.exists()),
+        "no new access log after SIGUSR1"
+    );
     for i in 0..5 {
         lb.get(&format!("/after-signal/{i}"));
     }
@@ -136,12 +136,4 @@ fn logging_survives_rotation() {
         lines(&first).len() + lines(&second).len() + lines(&log).len() == 10 + sent
     }));
     assert!(lines(&log).last().unwrap().contains("/last"));
-}
-
-fn unsafe_kill(pid: i32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }

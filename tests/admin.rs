@@ -4,53 +4,44 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use common::backends::Backend;
+use common::client::{request, Response};
+use common::lb_conf::{fields, LbConf, Upstream};
+use common::lb_process::{lb_command, Lb, TempDir};
+use common::load::Load;
+use common::ports::unique_addr;
+use common::wait::wait_until;
 use serde_json::Value;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// An `admin:` block on a fresh port, with a token file written into `dir` when `token`.
-fn admin_block(dir: &Path, token: bool) -> (SocketAddr, String) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut block = format!("  admin:\n    listen: \"{addr}\"\n");
-    if token {
-        let path = dir.join("admin.token");
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        block.push_str(&format!("    token_file: \"{}\"\n", path.display()));
-    }
-    (addr, block)
-}
-
-/// Starts lb with an admin listener; returns it and the admin address.
-fn start(upstreams: &[String], extra: &str, token: bool) -> (Lb, SocketAddr) {
+/// Starts lb on `config` with an admin listener on a fresh port, its token in a file when
+/// `token`; returns it and the admin address.
+fn start(config: LbConf, token: bool) -> (Lb, SocketAddr) {
     let dir = TempDir::new();
-    let (admin, block) = admin_block(&dir.0, token);
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = config_yaml(&dir.0, listen, upstreams, &format!("{extra}{block}"));
-    let lb = Lb::start_in(dir, listen, &config);
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(admin).is_ok()
-    }));
+    let token_file = token.then(|| {
+        let path = dir.0.join("admin.token");
+        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        path
+    });
+    let lb = Lb::start_in(dir, config.admin(unique_addr(), token_file.as_deref()));
+    let admin = lb.admin();
     (lb, admin)
 }
 
 /// One admin request; `token` adds the Authorization header.
 fn call(admin: SocketAddr, method: &str, path: &str, body: &str, token: Option<&str>) -> Response {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    send_raw(
-        admin,
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    let mut call = request(method, admin, path);
+    if let Some(token) = token {
+        call = call.header("Authorization", &format!("Bearer {token}"));
+    }
+    if !body.is_empty() || method != "GET" {
+        call = call.body(body);
+    }
+    call.send()
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 fn json(r: &Response) -> Value {
@@ -92,8 +83,9 @@ fn metrics_count_exactly_what_happened() {
     let mut c = Backend::start("c");
     c.kill();
     let (lb, admin) = start(
-        &[a.addr.to_string(), b.addr.to_string(), c.addr.to_string()],
-        "  health_check: { interval: 30s }\n",
+        LbConf::new()
+            .upstreams([&a, &b, &c])
+            .health(fields().set("interval", "30s")),
         false,
     );
     // c is down from the start; a and b alternate until b's fifth 500 ejects it.
@@ -201,8 +193,9 @@ fn metrics_count_exactly_what_happened() {
 fn connect_failures_and_retries_are_counted() {
     let (x, mut y) = (Backend::start("x"), Backend::start("y"));
     let (lb, admin) = start(
-        &[x.addr.to_string(), y.addr.to_string()],
-        "  health_check: { interval: 30s }\n",
+        LbConf::new()
+            .upstreams([&x, &y])
+            .health(fields().set("interval", "30s")),
         false,
     );
     y.kill();
@@ -241,11 +234,9 @@ fn connect_failures_and_retries_are_counted() {
 fn api_lists_upstreams_with_live_figures() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let (lb, admin) = start(
-        &[
-            a.addr.to_string(),
-            format!("{{ addr: \"{}\", weight: 2, max_conns: 5 }}", b.addr),
-        ],
-        "",
+        LbConf::new()
+            .upstream(&a)
+            .upstream(Upstream::new(b.addr).weight(2).max_conns(5)),
         false,
     );
     for i in 0..30 {
@@ -275,7 +266,7 @@ fn api_lists_upstreams_with_live_figures() {
 #[test]
 fn drain_under_load_loses_nothing_and_sends_no_new_request() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let (lb, admin) = start(&[a.addr.to_string(), b.addr.to_string()], "", true);
+    let (lb, admin) = start(LbConf::new().upstreams([&a, &b]), true);
     let load = Load::start(lb.addr, 4, 400);
     load.wait_for(100);
     let r = call(
@@ -324,7 +315,7 @@ fn drain_under_load_loses_nothing_and_sends_no_new_request() {
 #[test]
 fn token_missing_or_wrong_is_401_and_changes_nothing() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let (lb, admin) = start(&[a.addr.to_string(), b.addr.to_string()], "", true);
+    let (lb, admin) = start(LbConf::new().upstreams([&a, &b]), true);
     let drain = format!("/api/upstreams/{}/disable", b.addr);
     assert_eq!(call(admin, "POST", &drain, "", None).status, 401);
     assert_eq!(
@@ -401,7 +392,7 @@ fn token_missing_or_wrong_is_401_and_changes_nothing() {
 #[test]
 fn admin_changes_survive_a_reload() {
     let (a, b, c) = Backend::three();
-    let (lb, admin) = start(&[a.addr.to_string(), b.addr.to_string()], "", false);
+    let (mut lb, admin) = start(LbConf::new().upstreams([&a, &b]), false);
     call(
         admin,
         "POST",
@@ -410,13 +401,7 @@ fn admin_changes_survive_a_reload() {
         None,
     );
     // Add c by reload.
-    let config = std::fs::read_to_string(lb.conf()).unwrap().replace(
-        &format!("    - {}\n", b.addr),
-        &format!("    - {}\n    - {}\n", b.addr, c.addr),
-    );
-    std::fs::write(lb.conf(), config).unwrap();
-    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
-    assert!(ok, "{out}");
+    lb.reload(lb.config.clone().upstream(&c));
     let all = json(&call(admin, "GET", "/api/upstreams", "", None));
     assert_eq!(upstream(&all, b.addr)["state"], "disabled");
     assert_eq!(upstream(&all, c.addr)["state"], "up");
@@ -431,13 +416,11 @@ fn admin_changes_survive_a_reload() {
 fn a_public_admin_address_without_a_token_is_refused() {
     let dir = TempDir::new();
     let path = dir.0.join("lb.yaml");
-    let config = config_yaml(
-        &dir.0,
-        "127.0.0.1:1".parse().unwrap(),
-        &["127.0.0.1:2".to_string()],
-        "  admin: { listen: \"0.0.0.0:9901\" }\n",
-    );
-    std::fs::write(&path, config).unwrap();
+    let config = LbConf::new()
+        .listen("127.0.0.1:1".parse().unwrap())
+        .upstream("127.0.0.1:2")
+        .admin("0.0.0.0:9901".parse().unwrap(), None);
+    std::fs::write(&path, config.to_yaml(&dir.0)).unwrap();
     let (ok, out) = lb_command(&["-t", "-c", path.to_str().unwrap()]);
     assert!(!ok);
     assert!(

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn long(addr: SocketAddr, extra: &str) -> String {
-    format!("{{ addr: \"{addr}\"{extra} }}")
-}
+use common::backends::Backend;
+use common::client::{get, request, KeepAliveClient, Response};
+use common::lb_conf::{fast_checks, fields, LbConf, Upstream};
+use common::lb_process::Lb;
+use common::wait::{poll_until, wait_until};
 
 fn names(lb: &Lb, n: usize) -> Vec<String> {
     (0..n)
@@ -26,13 +26,11 @@ fn count(list: &[String], name: &str) -> usize {
 }
 
 /// A GET with one extra header.
-fn get_with(addr: SocketAddr, path: &str, header: &str) -> Response {
-    send_raw(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{header}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+fn get_with(addr: SocketAddr, path: &str, (name, value): (&str, &str)) -> Response {
+    request("GET", addr, path)
+        .header(name, value)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// Runs `threads` clients sending `per_thread` requests each, as fast as answers come;
@@ -72,12 +70,10 @@ fn hammer(addr: SocketAddr, threads: usize, per_thread: usize) -> (HashMap<Strin
 fn smooth_weighted_round_robin_interleaves() {
     let (a, b, c) = Backend::three();
     let lb = Lb::start(
-        &[
-            long(a.addr, ", weight: 5"),
-            long(b.addr, ", weight: 1"),
-            long(c.addr, ", weight: 1"),
-        ],
-        "",
+        LbConf::new()
+            .upstream(Upstream::new(a.addr).weight(5))
+            .upstream(Upstream::new(b.addr).weight(1))
+            .upstream(Upstream::new(c.addr).weight(1)),
     );
     let order = names(&lb, 70);
     assert_eq!(count(&order, "a"), 50, "{order:?}");
@@ -98,8 +94,10 @@ fn smooth_weighted_round_robin_interleaves() {
 fn random_follows_the_weights() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let lb = Lb::start(
-        &[long(a.addr, ", weight: 1"), long(b.addr, ", weight: 3")],
-        "  selection: random\n",
+        LbConf::new()
+            .upstream(Upstream::new(a.addr).weight(1))
+            .upstream(Upstream::new(b.addr).weight(3))
+            .selection("random"),
     );
     let (seen, failed) = hammer(lb.addr, 4, 250);
     assert_eq!(failed, 0);
@@ -114,10 +112,7 @@ fn random_follows_the_weights() {
 fn least_conn_and_p2c_ewma_spread_evenly_over_equal_backends() {
     for selection in ["least_conn", "p2c_ewma"] {
         let (a, b, c) = Backend::three();
-        let lb = Lb::start(
-            &[a.addr.to_string(), b.addr.to_string(), c.addr.to_string()],
-            &format!("  selection: {selection}\n"),
-        );
+        let lb = Lb::start(LbConf::new().upstreams([&a, &b, &c]).selection(selection));
         let (seen, failed) = hammer(lb.addr, 6, 150);
         assert_eq!(failed, 0);
         // least_conn is even on equal backends; p2c_ewma follows measured latency, which
@@ -146,12 +141,9 @@ fn slow_share(selection: &str) -> f64 {
     );
     slow.set_delay(50);
     let lb = Lb::start(
-        &[
-            a.addr.to_string(),
-            b.addr.to_string(),
-            slow.addr.to_string(),
-        ],
-        &format!("  selection: {selection}\n"),
+        LbConf::new()
+            .upstreams([&a, &b, &slow])
+            .selection(selection),
     );
     let (seen, failed) = hammer(lb.addr, 8, 60);
     assert_eq!(failed, 0, "{selection}");
@@ -172,10 +164,7 @@ fn slow_backend_gets_a_small_share_under_least_conn_and_p2c_ewma() {
 #[test]
 fn p2c_ewma_gives_a_recovered_backend_its_share_back() {
     let (a, b, c) = Backend::three();
-    let lb = Lb::start(
-        &[a.addr.to_string(), b.addr.to_string(), c.addr.to_string()],
-        "  selection: p2c_ewma\n",
-    );
+    let lb = Lb::start(LbConf::new().upstreams([&a, &b, &c]).selection("p2c_ewma"));
     c.set_delay(80);
     let (slow, _) = hammer(lb.addr, 6, 40);
     let slow_share = slow.get("c").copied().unwrap_or(0) as f64 / 240.0;
@@ -192,26 +181,27 @@ fn p2c_ewma_gives_a_recovered_backend_its_share_back() {
 #[test]
 fn consistent_hash_is_stable_across_instances_and_remaps_one_nth() {
     let backends: Vec<Backend> = (0..10).map(|i| Backend::start(&format!("b{i}"))).collect();
-    let all: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
-    let extra = "  selection: consistent_hash\n  hash_key: header:x-user\n";
-    let first = Lb::start(&all, extra);
-    let second = Lb::start(&all, extra);
-    let without_b3: Vec<String> = all
-        .iter()
-        .filter(|a| **a != backends[3].addr.to_string())
-        .cloned()
-        .collect();
-    let third = Lb::start(&without_b3, extra);
+    let conf = || {
+        LbConf::new()
+            .upstreams(&backends)
+            .selection("consistent_hash")
+            .hash_key("header:x-user")
+    };
+    let first = Lb::start(conf());
+    let second = Lb::start(conf());
+    let without_b3 = backends.iter().filter(|b| b.addr != backends[3].addr);
+    let third = Lb::start(conf().upstreams(without_b3));
 
     let keys = 400;
     let mut moved = 0;
     let mut per_backend: HashMap<String, usize> = HashMap::new();
     for k in 0..keys {
-        let header = format!("X-User: user-{k}");
-        let one = get_with(first.addr, "/", &header).backend().unwrap();
-        let again = get_with(first.addr, "/other", &header).backend().unwrap();
-        let two = get_with(second.addr, "/", &header).backend().unwrap();
-        let three = get_with(third.addr, "/", &header).backend().unwrap();
+        let user = format!("user-{k}");
+        let header = ("X-User", user.as_str());
+        let one = get_with(first.addr, "/", header).backend().unwrap();
+        let again = get_with(first.addr, "/other", header).backend().unwrap();
+        let two = get_with(second.addr, "/", header).backend().unwrap();
+        let three = get_with(third.addr, "/", header).backend().unwrap();
         assert_eq!(one, again, "a key sticks to its upstream");
         assert_eq!(one, two, "every instance maps a key alike");
         if one != three {
@@ -235,8 +225,14 @@ fn passive_health_ejects_a_backend_answering_500_long_before_checks_would() {
     bad.set_status(500);
     // TCP checks: they see nothing wrong with `bad`, ever.
     let lb = Lb::start(
-        &[a.addr.to_string(), b.addr.to_string(), bad.addr.to_string()],
-        "  health_check: { type: tcp, interval: 10s }\n  passive_health: { consecutive_failures: 5, eject_for: 30s }\n",
+        LbConf::new()
+            .upstreams([&a, &b, &bad])
+            .health(fields().set("type", "tcp").set("interval", "10s"))
+            .passive_health(
+                fields()
+                    .set("consecutive_failures", 5)
+                    .set("eject_for", "30s"),
+            ),
     );
     let mut errors = 0;
     for i in 0..90 {
@@ -259,8 +255,14 @@ fn ejection_never_exceeds_max_ejected_percent() {
     a.set_status(500);
     b.set_status(500);
     let lb = Lb::start(
-        &[a.addr.to_string(), b.addr.to_string()],
-        "  passive_health: { consecutive_failures: 2, max_ejected_percent: 50 }\n  retries: 0\n",
+        LbConf::new()
+            .upstreams([&a, &b])
+            .passive_health(
+                fields()
+                    .set("consecutive_failures", 2)
+                    .set("max_ejected_percent", 50),
+            )
+            .retries(0),
     );
     for i in 0..20 {
         assert_eq!(lb.get(&format!("/e/{i}")).status, 500);
@@ -279,12 +281,10 @@ fn ejection_never_exceeds_max_ejected_percent() {
 fn backup_serves_only_while_no_primary_is_usable() {
     let (mut a, mut b, c) = Backend::three();
     let lb = Lb::start(
-        &[
-            a.addr.to_string(),
-            b.addr.to_string(),
-            long(c.addr, ", backup: true"),
-        ],
-        FAST_CHECKS,
+        LbConf::new()
+            .upstreams([&a, &b])
+            .upstream(Upstream::new(c.addr).backup())
+            .health(fast_checks()),
     );
     assert_eq!(count(&names(&lb, 20), "c"), 0);
     a.kill();
@@ -304,26 +304,28 @@ fn max_conns_queues_then_answers_503() {
     let a = Backend::start("a");
     a.set_delay(400);
     let lb = Lb::start(
-        &[long(a.addr, ", max_conns: 1")],
-        "  queue: { size: 1, timeout: 2s }\n",
+        LbConf::new()
+            .upstream(Upstream::new(a.addr).max_conns(1))
+            .queue(1, "2s"),
     );
-    // Three at once: one is served, one waits its turn, the third finds the queue full.
-    let run = |n: usize| -> Vec<(u16, String)> {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                let addr = lb.addr;
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(50 * i as u64));
-                    let r = get(addr, &format!("/q/{i}"));
-                    (r.status, r.text())
-                })
-            })
-            .collect();
-        let mut out: Vec<(u16, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        out.sort();
-        out
+    // Three at once: one is served, one waits its turn, the third finds the queue full. The
+    // first is at the backend (for 400 ms) before the other two are sent; which of those two
+    // gets the queue's one place does not matter.
+    let send = |i: usize| {
+        let addr = lb.addr;
+        std::thread::spawn(move || {
+            let r = get(addr, &format!("/q/{i}"));
+            (r.status, r.text())
+        })
     };
-    let results = run(3);
+    let first = send(0);
+    assert!(wait_until(Duration::from_secs(5), || a.requests() == 1));
+    let others = [send(1), send(2)];
+    let mut results: Vec<(u16, String)> = std::iter::once(first)
+        .chain(others)
+        .map(|h| h.join().unwrap())
+        .collect();
+    results.sort();
     assert_eq!(results[0].0, 200);
     assert_eq!(results[1].0, 200);
     assert_eq!(results[2].0, 503, "{results:?}");
@@ -334,8 +336,9 @@ fn max_conns_queues_then_answers_503() {
     let b = Backend::start("b");
     b.set_delay(600);
     let short = Lb::start(
-        &[long(b.addr, ", max_conns: 1")],
-        "  queue: { size: 10, timeout: 100ms }\n",
+        LbConf::new()
+            .upstream(Upstream::new(b.addr).max_conns(1))
+            .queue(10, "100ms"),
     );
     let slow = {
         let addr = short.addr;
@@ -354,8 +357,10 @@ fn max_conns_queues_then_answers_503() {
 fn slow_start_ramps_a_returning_backend() {
     let (a, mut b) = (Backend::start("a"), Backend::start("b"));
     let lb = Lb::start(
-        &[a.addr.to_string(), b.addr.to_string()],
-        &format!("{FAST_CHECKS}  slow_start: 3s\n"),
+        LbConf::new()
+            .upstreams([&a, &b])
+            .health(fast_checks())
+            .slow_start("3s"),
     );
     b.kill();
     lb.expect_log(&format!("upstream {} is DOWN", b.addr));
@@ -363,13 +368,18 @@ fn slow_start_ramps_a_returning_backend() {
     lb.expect_log(&format!("upstream {} is UP after 2 passed checks", b.addr));
     let early = names(&lb, 100);
     let early_share = count(&early, "b") as f64 / 100.0;
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::thread::sleep(Duration::from_millis(200));
-        lb.get("/").status == 200 && {
-            let late = names(&lb, 100);
-            count(&late, "b") >= 45
+    // The ramp takes seconds: sample a batch of 100 requests every 200 ms until b has its
+    // full share.
+    assert!(poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            lb.get("/").status == 200 && {
+                let late = names(&lb, 100);
+                count(&late, "b") >= 45
+            }
         }
-    }));
+    ));
     assert!(
         early_share < 0.30,
         "right after coming back b got {early_share}"
@@ -381,8 +391,16 @@ fn retries_go_elsewhere_within_the_budget() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     b.set_status(503);
     let lb = Lb::start(
-        &[a.addr.to_string(), b.addr.to_string()],
-        "  passive_health: { consecutive_failures: 0 }\n  retries: { attempts: 1, on: [status_503], budget_percent: 20, budget_min_per_second: 0 }\n",
+        LbConf::new()
+            .upstreams([&a, &b])
+            .passive_health(fields().set("consecutive_failures", 0))
+            .retries(
+                fields()
+                    .set("attempts", 1)
+                    .set("on", "[status_503]")
+                    .set("budget_percent", 20)
+                    .set("budget_min_per_second", 0),
+            ),
     );
     let statuses: Vec<u16> = (0..100)
         .map(|i| lb.get(&format!("/r/{i}")).status)
@@ -403,19 +421,22 @@ fn retries_never_go_back_to_the_upstream_that_failed() {
     a.set_status(502);
     b.set_status(502);
     let lb = Lb::start(
-        &[a.addr.to_string(), b.addr.to_string()],
-        "  passive_health: { consecutive_failures: 0 }\n  retries: { attempts: 5, on: [status_502], budget_min_per_second: 100 }\n",
+        LbConf::new()
+            .upstreams([&a, &b])
+            .passive_health(fields().set("consecutive_failures", 0))
+            .retries(
+                fields()
+                    .set("attempts", 5)
+                    .set("on", "[status_502]")
+                    .set("budget_min_per_second", 100),
+            ),
     );
     let r = lb.get("/x");
     // Both tried once each, then nothing left: the last answer comes back as 502.
     assert_eq!(r.status, 502);
     assert_eq!((a.requests(), b.requests()), (1, 1));
     // A POST is not repeated once sent.
-    let r = send_raw(
-        lb.addr,
-        b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
-    )
-    .unwrap();
+    let r = request("POST", lb.addr, "/p").body("hi").send().unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(a.requests() + b.requests(), 3);
 }
@@ -429,22 +450,19 @@ fn ejection_survives_a_reload() {
     );
     bad.set_status(500);
     let c = Backend::start("c");
-    let lb = Lb::start(
-        &[a.addr.to_string(), b.addr.to_string(), bad.addr.to_string()],
-        "  passive_health: { consecutive_failures: 3, eject_for: 60s }\n",
+    let mut lb = Lb::start(
+        LbConf::new().upstreams([&a, &b, &bad]).passive_health(
+            fields()
+                .set("consecutive_failures", 3)
+                .set("eject_for", "60s"),
+        ),
     );
     for i in 0..15 {
         lb.get(&format!("/x/{i}"));
     }
     assert_eq!(bad.requests(), 3);
     // A reload that adds c rebuilds the selector; bad stays ejected.
-    let config = std::fs::read_to_string(lb.conf()).unwrap().replace(
-        &format!("    - {}\n", bad.addr),
-        &format!("    - {}\n    - {}\n", bad.addr, c.addr),
-    );
-    std::fs::write(lb.conf(), config).unwrap();
-    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
-    assert!(ok, "{out}");
+    lb.reload(lb.config.clone().upstream(&c));
     let after = names(&lb, 30);
     assert_eq!(bad.requests(), 3, "{after:?}");
     assert_eq!(count(&after, "c"), 10, "{after:?}");

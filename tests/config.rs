@@ -5,7 +5,8 @@ mod common;
 use std::net::TcpListener;
 use std::process::Command;
 
-use common::*;
+use common::lb_process::{lb_binary, TempDir};
+use common::ports::unique_port;
 
 /// Runs `lb` (with `-t` or for real) on `config`; returns (exit success, stderr).
 fn run_lb(config: &str, test_only: bool) -> (bool, String) {
@@ -40,7 +41,7 @@ fn shipped_example_config_is_valid() {
 
 #[test]
 fn each_config_error_names_its_key_and_exits_non_zero() {
-    let port = free_port();
+    let port = unique_port();
     let listen = format!("listen: [\"127.0.0.1:{port}\"]");
     let cases: Vec<(String, &str)> = vec![
         (format!("lb:\n  {listen}\n  upstreams: [127.0.0.1:1]\n  retires: 2\n"), "retires"),

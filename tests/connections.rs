@@ -9,18 +9,19 @@ use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::backends::{fnv, Backend};
+use common::client::KeepAliveClient;
+use common::lb_conf::{fields, LbConf};
+use common::lb_process::Lb;
+use common::raw::read_response;
 
+/// A raw connection to lb, for the tests that watch the connection itself.
 fn connect(lb: &Lb) -> BufReader<TcpStream> {
-    let stream = TcpStream::connect(lb.addr).expect("connect to lb");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    BufReader::new(stream)
+    common::raw::connect(lb.addr, Duration::from_secs(10))
 }
 
-fn request_with_pad(path: &str, pad: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: test.local\r\nX-Pad: {pad}\r\n\r\n").into_bytes()
+fn idle_timeout_of_one_second() -> LbConf {
+    LbConf::new().timeouts(fields().set("idle", "1s"))
 }
 
 /// Reads until the server closes the connection; how long that took.
@@ -40,8 +41,8 @@ fn time_until_closed(conn: &mut BufReader<TcpStream>) -> Duration {
 #[test]
 fn responses_of_every_size_share_one_kept_alive_connection() {
     let backend = Backend::start("a");
-    let lb = Lb::start(&[backend.addr.to_string()], "");
-    let mut conn = connect(&lb);
+    let lb = Lb::start(LbConf::new().upstream(&backend));
+    let client = KeepAliveClient::new(lb.addr);
     // Around the 32 KiB write buffer: empty, small, just under, just over, several times over.
     for (i, size) in [0, 100, 20_000, 32_000, 33_000, 40_000, 120_000, 10, 65_536]
         .into_iter()
@@ -50,10 +51,11 @@ fn responses_of_every_size_share_one_kept_alive_connection() {
         let pad: String = (0..size)
             .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
             .collect();
-        conn.get_mut()
-            .write_all(&request_with_pad(&format!("/size/{size}"), &pad))
-            .expect("send");
-        let resp = read_response(&mut conn, false).expect("response on the same connection");
+        let resp = client
+            .request("GET", &format!("/size/{size}"))
+            .header("X-Pad", &pad)
+            .send()
+            .expect("response");
         assert_eq!(resp.status, 200);
         assert_eq!(
             resp.echo("target").as_deref(),
@@ -66,22 +68,24 @@ fn responses_of_every_size_share_one_kept_alive_connection() {
             echoed.len()
         );
     }
+    assert_eq!(
+        client.connections(),
+        1,
+        "every response on the same connection"
+    );
     assert_eq!(backend.requests(), 9);
 }
 
 #[test]
 fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     let backend = Backend::start("a");
-    let lb = Lb::start(&[backend.addr.to_string()], "  timeouts: { idle: 1s }\n");
+    let lb = Lb::start(idle_timeout_of_one_second().upstream(&backend));
     let mut conn = connect(&lb);
     for _ in 0..2 {
         conn.get_mut()
             .write_all(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n")
             .expect("send");
-        assert_eq!(
-            read_response(&mut conn, false).expect("response").status,
-            200
-        );
+        assert_eq!(read_response(&mut conn).expect("response").status, 200);
     }
     let waited = time_until_closed(&mut conn);
     assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
@@ -92,7 +96,7 @@ fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
 #[test]
 fn a_connection_that_never_sends_a_request_is_closed_after_the_idle_timeout() {
     let backend = Backend::start("a");
-    let lb = Lb::start(&[backend.addr.to_string()], "  timeouts: { idle: 1s }\n");
+    let lb = Lb::start(idle_timeout_of_one_second().upstream(&backend));
     let mut conn = connect(&lb);
     let waited = time_until_closed(&mut conn);
     assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
@@ -102,7 +106,7 @@ fn a_connection_that_never_sends_a_request_is_closed_after_the_idle_timeout() {
 #[test]
 fn a_request_that_arrives_in_pieces_is_served() {
     let backend = Backend::start("a");
-    let lb = Lb::start(&[backend.addr.to_string()], "");
+    let lb = Lb::start(LbConf::new().upstream(&backend));
     let mut conn = connect(&lb);
     for _ in 0..2 {
         for piece in [
@@ -113,9 +117,10 @@ fn a_request_that_arrives_in_pieces_is_served() {
         ] {
             conn.get_mut().write_all(piece).expect("send");
             conn.get_mut().flush().expect("flush");
+            // The pause is the test: each piece arrives on its own, like from a slow client.
             std::thread::sleep(Duration::from_millis(50));
         }
-        let resp = read_response(&mut conn, false).expect("response");
+        let resp = read_response(&mut conn).expect("response");
         assert_eq!(resp.status, 200);
         assert_eq!(resp.echo("target").as_deref(), Some("/pieces"));
     }
@@ -124,23 +129,20 @@ fn a_request_that_arrives_in_pieces_is_served() {
 #[test]
 fn a_large_upload_and_download_on_a_kept_alive_connection() {
     let backend = Backend::start("a");
-    let lb = Lb::start(&[backend.addr.to_string()], "");
-    let mut conn = connect(&lb);
+    let lb = Lb::start(LbConf::new().upstream(&backend));
+    let client = KeepAliveClient::new(lb.addr);
     let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     for _ in 0..2 {
-        let pad = "p".repeat(50_000);
-        let head = format!(
-            "POST /upload HTTP/1.1\r\nHost: test.local\r\nX-Pad: {pad}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        conn.get_mut()
-            .write_all(head.as_bytes())
-            .expect("send head");
-        conn.get_mut().write_all(&body).expect("send body");
-        let resp = read_response(&mut conn, false).expect("response");
+        let resp = client
+            .request("POST", "/upload")
+            .header("X-Pad", &"p".repeat(50_000))
+            .body(body.clone())
+            .send()
+            .expect("response");
         assert_eq!(resp.status, 200);
         assert_eq!(resp.echo("body_len").as_deref(), Some("1000000"));
         assert_eq!(resp.echo("body_fnv"), Some(fnv(&body).to_string()));
         assert_eq!(resp.echo("header:x-pad").map(|p| p.len()), Some(50_000));
     }
+    assert_eq!(client.connections(), 1, "both on the same connection");
 }

@@ -7,7 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use common::backends::Backend;
+use common::client::{try_get, KeepAliveClient};
+use common::lb_conf::{fast_checks, fields, LbConf};
+use common::lb_process::Lb;
+use common::ports::unique_addr;
+use common::wait::wait_until;
 
 fn backend_names(lb: &Lb, n: usize) -> Vec<String> {
     (0..n)
@@ -22,10 +27,7 @@ fn backend_killed_under_traffic_costs_no_request_and_comes_back() {
         Backend::start("b"),
         Backend::start("c"),
     );
-    let lb = Lb::start(
-        &[a.addr.to_string(), b.addr.to_string(), c.addr.to_string()],
-        FAST_CHECKS,
-    );
+    let lb = Lb::start(LbConf::new().upstreams([&a, &b, &c]).health(fast_checks()));
     let failures = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..4)
@@ -78,12 +80,13 @@ fn backend_killed_under_traffic_costs_no_request_and_comes_back() {
 #[test]
 fn backend_down_at_start_gets_no_request() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = unique_addr();
     // No retries: a request sent to the dead upstream would fail, so none may be.
-    let extra = format!("  retries: 0\n{FAST_CHECKS}");
     let lb = Lb::start(
-        &[a.addr.to_string(), dead.clone(), b.addr.to_string()],
-        &extra,
+        LbConf::new()
+            .upstreams([a.addr, dead, b.addr])
+            .retries(0)
+            .health(fast_checks()),
     );
     for _ in 0..30 {
         assert_eq!(lb.get("/").status, 200);
@@ -101,10 +104,11 @@ fn backend_down_at_start_gets_no_request() {
 #[test]
 fn http_check_removes_backend_answering_503_on_its_health_path() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let extra = format!(
-        "{FAST_CHECKS}    type: http\n    path: /health\n    expect_status: [\"200-299\"]\n"
-    );
-    let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], &extra);
+    let checks = fast_checks()
+        .set("type", "http")
+        .set("path", "/health")
+        .set("expect_status", r#"["200-299"]"#);
+    let lb = Lb::start(LbConf::new().upstreams([&a, &b]).health(checks));
     assert_eq!(
         backend_names(&lb, 4).iter().filter(|n| *n == "b").count(),
         2
@@ -128,7 +132,7 @@ fn http_check_removes_backend_answering_503_on_its_health_path() {
 #[test]
 fn all_backends_down_is_a_503_and_service_resumes() {
     let (mut a, mut b) = (Backend::start("a"), Backend::start("b"));
-    let mut lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
+    let mut lb = Lb::start(LbConf::new().upstreams([&a, &b]).health(fast_checks()));
     assert_eq!(lb.get("/").status, 200);
     a.kill();
     b.kill();
@@ -157,8 +161,11 @@ fn all_backends_down_is_a_503_and_service_resumes() {
 fn dead_backend_between_checks_is_retried_elsewhere() {
     // Checks too slow to notice: only retries protect the client.
     let (a, mut b) = (Backend::start("a"), Backend::start("b"));
-    let extra = "  health_check: { interval: 1h }\n";
-    let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], extra);
+    let lb = Lb::start(
+        LbConf::new()
+            .upstreams([&a, &b])
+            .health(fields().set("interval", "1h")),
+    );
     b.kill();
     for _ in 0..20 {
         let resp = lb.get("/");

@@ -4,13 +4,40 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::*;
+use common::backends::{Backend, WebSocketEchoBackend};
+use common::client::{try_get, Error, KeepAliveClient, Response};
+use common::lb_conf::{fast_checks, LbConf, Upstream};
+use common::lb_process::{lb_binary, lb_command, pid_alive, read_pid, signal, Lb, TempDir};
+use common::load::{Load, LoadReport};
+use common::ports::unique_addr;
+use common::wait::wait_until;
 
-/// A request that takes `ms` at the backend, made on its own thread.
-fn slow_request(addr: SocketAddr, ms: u64) -> std::thread::JoinHandle<std::io::Result<Response>> {
-    std::thread::spawn(move || try_get(addr, &format!("/slow?sleep_ms={ms}")))
+/// A request that takes `ms` at the backend, made on its own thread; returns once one of
+/// `backends` has received it.
+fn slow_request(
+    addr: SocketAddr,
+    ms: u64,
+    backends: &[&Backend],
+) -> JoinHandle<Result<Response, Error>> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("/slow/{}", N.fetch_add(1, Ordering::SeqCst));
+    let target = format!("{name}?sleep_ms={ms}");
+    let request = std::thread::spawn(move || try_get(addr, &target));
+    assert!(
+        wait_until(Duration::from_secs(10), || backends
+            .iter()
+            .any(|b| b.has_seen(&format!("{name}?")))),
+        "{name} never reached a backend"
+    );
+    request
+}
+
+fn two_backends_fast_checks(a: &Backend, b: &Backend) -> LbConf {
+    LbConf::new().upstreams([a, b]).health(fast_checks())
 }
 
 fn assert_no_loss(report: &LoadReport, lb: &Lb) {
@@ -20,8 +47,8 @@ fn assert_no_loss(report: &LoadReport, lb: &Lb) {
         "too little load to prove anything: {report:?}"
     );
     eprintln!(
-        "{} requests, 0 failed, {} idle keep-alive connections closed by the server",
-        report.ok, report.idle_closes
+        "{} requests, 0 failed, {} keep-alive reconnects after the server closed an idle connection",
+        report.ok, report.reconnects
     );
 }
 
@@ -40,14 +67,13 @@ fn finish_after_old_exits(load: Load, lb: &Lb, old: i32) {
 #[test]
 fn upgrade_under_load_loses_nothing() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
-    let old = lb.child.id() as i32;
+    let lb = Lb::start(two_backends_fast_checks(&a, &b));
+    let old = lb.pid();
     let load = Load::start(lb.addr, 6, 5000);
     load.wait_for(200);
-    let slow = slow_request(lb.addr, 2000);
-    std::thread::sleep(Duration::from_millis(200));
+    let slow = slow_request(lb.addr, 2000, &[&a, &b]);
 
-    let (ok, out) = lb_command(&["upgrade", "-c", lb.conf()]);
+    let (ok, out) = lb.command("upgrade");
     assert!(ok, "{out}\n{}", lb.log());
     assert!(out.contains("upgraded"), "{out}");
     let new = read_pid(&lb.pid_file()).unwrap();
@@ -64,8 +90,8 @@ fn upgrade_under_load_loses_nothing() {
 #[test]
 fn pingora_way_new_process_then_sigquit_loses_nothing() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
-    let old = lb.child.id() as i32;
+    let lb = Lb::start(two_backends_fast_checks(&a, &b));
+    let old = lb.pid();
     let load = Load::start(lb.addr, 6, 5000);
     load.wait_for(200);
 
@@ -79,8 +105,14 @@ fn pingora_way_new_process_then_sigquit_loses_nothing() {
         .stderr(log)
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    lb::ops::instance::signal(old, libc::SIGQUIT).unwrap();
+    // The new process is ready for the old one's listeners once it listens on the upgrade
+    // socket.
+    assert!(
+        wait_until(Duration::from_secs(10), || lb.upgrade_sock().exists()),
+        "no upgrade socket: {}",
+        lb.log()
+    );
+    signal(old, libc::SIGQUIT).unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || read_pid(&lb.pid_file())
             == Some(new.id() as i32)),
@@ -99,30 +131,25 @@ fn reload_shifts_traffic_in_place_and_loses_nothing() {
         Backend::start("b"),
         Backend::start("c"),
     );
-    let mut lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
+    let mut lb = Lb::start(two_backends_fast_checks(&a, &b));
     let pid = lb.child.id();
 
     // Opened before the reload: a slow request to the backend being removed, and a kept-alive
     // connection.
     let mut kept = KeepAliveClient::new(lb.addr);
     assert_eq!(kept.get("/before").unwrap().status, 200);
-    let slow: Vec<_> = (0..2).map(|_| slow_request(lb.addr, 1500)).collect();
+    let slow: Vec<_> = (0..2)
+        .map(|_| slow_request(lb.addr, 1500, &[&a, &b]))
+        .collect();
     let load = Load::start(lb.addr, 4, 5000);
     load.wait_for(200);
 
     // b leaves, c joins, a gets three times c's share.
-    let config = config_yaml(
-        &lb.dir.0,
-        lb.addr,
-        &[
-            format!("{{ addr: \"{}\", weight: 3 }}", a.addr),
-            c.addr.to_string(),
-        ],
-        FAST_CHECKS,
+    let out = lb.reload(
+        lb.config
+            .clone()
+            .upstreams([Upstream::new(a.addr).weight(3), Upstream::from(&c)]),
     );
-    std::fs::write(&lb.conf_path, config).unwrap();
-    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
-    assert!(ok, "{out}\n{}", lb.log());
     assert!(out.contains(&format!("added {}", c.addr)), "{out}");
     assert!(out.contains(&format!("removed {}", b.addr)), "{out}");
     assert!(out.contains(&format!("{} 1→3", a.addr)), "{out}");
@@ -141,7 +168,8 @@ fn reload_shifts_traffic_in_place_and_loses_nothing() {
     }
     assert_eq!(kept.get("/after").unwrap().status, 200);
     assert_eq!(
-        kept.idle_closes, 0,
+        kept.connections(),
+        1,
         "the kept-alive connection survived the reload"
     );
 
@@ -159,8 +187,9 @@ fn websocket_stays_open_across_a_reload() {
     use std::io::{BufRead, BufReader, Read, Write};
     let echo = WebSocketEchoBackend::start();
     let other = Backend::start("other");
-    let lb = Lb::start(&[echo.addr.to_string()], FAST_CHECKS);
+    let mut lb = Lb::start(LbConf::new().upstream(echo.addr).health(fast_checks()));
 
+    // A WebSocket upgrade: raw bytes, as no HTTP client library hands over the connection.
     let stream = std::net::TcpStream::connect(lb.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -182,19 +211,23 @@ fn websocket_stays_open_across_a_reload() {
             break;
         }
     }
+    let log_path = lb.log_path.clone();
     let mut echo_round = |message: &[u8]| {
         writer.write_all(message).unwrap();
         let mut back = vec![0u8; message.len()];
-        reader.read_exact(&mut back).unwrap();
+        if let Err(e) = reader.read_exact(&mut back) {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!(
+                "no echo of {:?}: {e}\n{log}",
+                String::from_utf8_lossy(message)
+            );
+        }
         assert_eq!(back, message);
     };
     echo_round(b"before the reload");
 
     // The echo backend leaves the configuration; its open connection is not cut.
-    let config = config_yaml(&lb.dir.0, lb.addr, &[other.addr.to_string()], FAST_CHECKS);
-    std::fs::write(&lb.conf_path, config).unwrap();
-    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
-    assert!(ok, "{out}");
+    lb.reload(lb.config.clone().upstreams([&other]));
     assert_eq!(lb.get("/").backend().as_deref(), Some("other"));
     echo_round(b"after the reload");
 }
@@ -202,11 +235,10 @@ fn websocket_stays_open_across_a_reload() {
 #[test]
 fn reload_keeps_health_state_of_upstreams_that_stay() {
     let (a, mut b) = (Backend::start("a"), Backend::start("b"));
-    let lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
+    let mut lb = Lb::start(two_backends_fast_checks(&a, &b));
     b.kill();
     lb.expect_log(&format!("upstream {} is DOWN", b.addr));
-    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
-    assert!(ok, "{out}");
+    lb.reload(lb.config.clone());
     // No retries needed: b is still known down, not back to "up until checked".
     for _ in 0..20 {
         assert_eq!(lb.get("/").backend().as_deref(), Some("a"));
@@ -221,21 +253,21 @@ fn reload_keeps_health_state_of_upstreams_that_stay() {
 #[test]
 fn bad_reloads_and_upgrades_change_nothing() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let mut lb = Lb::start(&[a.addr.to_string(), b.addr.to_string()], FAST_CHECKS);
-    let good = std::fs::read_to_string(&lb.conf_path).unwrap();
+    let mut lb = Lb::start(two_backends_fast_checks(&a, &b));
+    let good = lb.config.clone();
 
     // A broken file: both commands refuse before touching the instance.
-    std::fs::write(&lb.conf_path, good.replace("upstreams:", "upstreamz:")).unwrap();
+    let text = std::fs::read_to_string(&lb.conf_path).unwrap();
+    std::fs::write(&lb.conf_path, text.replace("upstreams:", "upstreamz:")).unwrap();
     for command in ["reload", "upgrade"] {
-        let (ok, out) = lb_command(&[command, "-c", lb.conf()]);
+        let (ok, out) = lb.command(command);
         assert!(!ok, "{command} accepted a broken config: {out}");
         assert!(out.contains("upstreamz"), "{out}");
     }
 
     // A listener change cannot be reloaded in place.
-    let moved = format!("127.0.0.1:{}", free_port());
-    std::fs::write(&lb.conf_path, good.replace(&lb.addr.to_string(), &moved)).unwrap();
-    let (ok, out) = lb_command(&["reload", "-c", lb.conf()]);
+    lb.write_config(good.clone().listen(unique_addr()));
+    let (ok, out) = lb.command("reload");
     assert!(!ok);
     assert!(
         out.contains("lb.listen changed: that needs `lb upgrade`"),
@@ -243,17 +275,9 @@ fn bad_reloads_and_upgrades_change_nothing() {
     );
 
     // An upgrade whose new listener is taken by someone else.
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let clash = good.replace(
-        &format!("listen: [\"{}\"]", lb.addr),
-        &format!(
-            "listen: [\"{}\", \"{}\"]",
-            lb.addr,
-            taken.local_addr().unwrap()
-        ),
-    );
-    std::fs::write(&lb.conf_path, clash).unwrap();
-    let (ok, out) = lb_command(&["upgrade", "-c", lb.conf()]);
+    let taken = TcpListener::bind(unique_addr()).unwrap();
+    lb.write_config(good.clone().also_listen(taken.local_addr().unwrap()));
+    let (ok, out) = lb.command("upgrade");
     assert!(!ok);
     assert!(
         out.contains("cannot listen on") && out.contains("keeps serving"),
@@ -261,7 +285,7 @@ fn bad_reloads_and_upgrades_change_nothing() {
     );
 
     // An upgrade to a binary that cannot start.
-    std::fs::write(&lb.conf_path, &good).unwrap();
+    lb.write_config(good);
     let (ok, out) = lb_command(&["upgrade", "--binary", "/nonexistent/lb", "-c", lb.conf()]);
     assert!(!ok);
     assert!(
@@ -287,10 +311,9 @@ fn bad_reloads_and_upgrades_change_nothing() {
 #[test]
 fn stop_lets_requests_in_flight_finish() {
     let a = Backend::start("a");
-    let mut lb = Lb::start(&[a.addr.to_string()], FAST_CHECKS);
-    let slow = slow_request(lb.addr, 2000);
-    std::thread::sleep(Duration::from_millis(300));
-    let (ok, out) = lb_command(&["stop", "-c", lb.conf()]);
+    let mut lb = Lb::start(LbConf::new().upstream(&a).health(fast_checks()));
+    let slow = slow_request(lb.addr, 2000, &[&a]);
+    let (ok, out) = lb.command("stop");
     assert!(ok, "{out}\n{}", lb.log());
     assert!(out.contains("stopped"), "{out}");
     assert_eq!(
@@ -306,7 +329,7 @@ fn stop_lets_requests_in_flight_finish() {
     assert!(try_get(lb.addr, "/").is_err(), "no longer accepting");
 
     // Nothing to stop now: a clear message.
-    let (ok, out) = lb_command(&["stop", "-c", lb.conf()]);
+    let (ok, out) = lb.command("stop");
     assert!(!ok);
     assert!(out.contains("no pid file"), "{out}");
 }
@@ -314,13 +337,9 @@ fn stop_lets_requests_in_flight_finish() {
 #[test]
 fn stale_pid_file_is_reported_not_trusted() {
     let dir = TempDir::new();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = LbConf::new().upstream("127.0.0.1:1");
     let conf = dir.0.join("lb.yaml");
-    std::fs::write(
-        &conf,
-        config_yaml(&dir.0, listen, &["127.0.0.1:1".to_string()], ""),
-    )
-    .unwrap();
+    std::fs::write(&conf, config.to_yaml(&dir.0)).unwrap();
     // A pid that cannot be running (above the kernel's pid_max).
     std::fs::write(dir.0.join("lb.pid"), "99999999\n").unwrap();
     for command in ["reload", "stop", "upgrade"] {
@@ -329,6 +348,6 @@ fn stale_pid_file_is_reported_not_trusted() {
         assert!(out.contains("stale pid file"), "{command}: {out}");
     }
     // Starting over a stale pid file works (and replaces it).
-    let lb = Lb::start_in(dir, listen, &std::fs::read_to_string(&conf).unwrap());
+    let lb = Lb::start_in(dir, config);
     assert_eq!(read_pid(&lb.pid_file()), Some(lb.child.id() as i32));
 }

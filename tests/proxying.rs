@@ -3,15 +3,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn names(backends: &[&Backend]) -> Vec<String> {
-    backends.iter().map(|b| b.addr.to_string()).collect()
-}
+use common::backends::{fnv, Backend};
+use common::client::{request, KeepAliveClient};
+use common::lb_conf::{fields, LbConf, Upstream};
+use common::lb_process::Lb;
+use common::raw::{read_response, send_raw};
 
 #[test]
 fn rotates_strictly_over_three_backends() {
@@ -20,7 +20,7 @@ fn rotates_strictly_over_three_backends() {
         Backend::start("b"),
         Backend::start("c"),
     );
-    let lb = Lb::start(&names(&[&a, &b, &c]), "");
+    let lb = Lb::start(LbConf::new().upstreams([&a, &b, &c]));
     let order: Vec<String> = (0..30).map(|_| lb.get("/").backend().unwrap()).collect();
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for name in &order {
@@ -37,11 +37,11 @@ fn rotates_strictly_over_three_backends() {
 #[test]
 fn weights_are_honoured() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let upstreams = vec![
-        a.addr.to_string(),
-        format!("{{ addr: \"{}\", weight: 3 }}", b.addr),
-    ];
-    let lb = Lb::start(&upstreams, "");
+    let lb = Lb::start(
+        LbConf::new()
+            .upstream(&a)
+            .upstream(Upstream::new(b.addr).weight(3)),
+    );
     let mut keep_alive = KeepAliveClient::new(lb.addr);
     for _ in 0..40 {
         keep_alive.get("/").unwrap();
@@ -52,14 +52,17 @@ fn weights_are_honoured() {
 #[test]
 fn forwards_request_unchanged_except_forwarding_headers() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], "");
-    let resp = send_raw(
-        lb.addr,
-        b"PATCH /some/path?x=1&y=%20z HTTP/1.1\r\nHost: shop.example\r\nX-Custom: kept\r\n\
-          X-Forwarded-For: 203.0.113.7\r\nConnection: close, X-Hop\r\nX-Hop: secret\r\n\
-          Keep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nhello",
-    )
-    .unwrap();
+    let lb = Lb::start(LbConf::new().upstream(&a));
+    let resp = request("PATCH", lb.addr, "/some/path?x=1&y=%20z")
+        .header("Host", "shop.example")
+        .header("X-Custom", "kept")
+        .header("X-Forwarded-For", "203.0.113.7")
+        .header("Connection", "close, X-Hop")
+        .header("X-Hop", "secret")
+        .header("Keep-Alive", "timeout=5")
+        .body("hello")
+        .send()
+        .unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-backend"), Some("a"));
     assert_eq!(resp.echo("method").as_deref(), Some("PATCH"));
@@ -93,21 +96,19 @@ fn forwards_request_unchanged_except_forwarding_headers() {
 #[test]
 fn large_bodies_arrive_intact() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], "");
+    let lb = Lb::start(LbConf::new().upstream(&a));
     let body: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
 
-    let mut raw = format!(
-        "POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&body);
-    let resp = send_raw(lb.addr, &raw).unwrap();
+    let resp = request("POST", lb.addr, "/upload")
+        .body(body.clone())
+        .send()
+        .unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.echo("body_len"), Some(body.len().to_string()));
     assert_eq!(resp.echo("body_fnv"), Some(fnv(&body).to_string()));
 
-    // The same body streamed in chunks of uneven size.
+    // The same body streamed in chunks of uneven size: the chunk framing is the point, so it is
+    // written by hand.
     let mut stream = TcpStream::connect(lb.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -123,7 +124,7 @@ fn large_bodies_arrive_intact() {
         stream.write_all(b"\r\n").unwrap();
     }
     stream.write_all(b"0\r\n\r\n").unwrap();
-    let resp = read_response(&mut BufReader::new(stream), false).unwrap();
+    let resp = read_response(&mut std::io::BufReader::new(stream)).unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.echo("method").as_deref(), Some("PUT"));
     assert_eq!(resp.echo("body_len"), Some(body.len().to_string()));
@@ -133,7 +134,11 @@ fn large_bodies_arrive_intact() {
 #[test]
 fn slow_upstream_is_a_504() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], "  timeouts: { read: 300ms }\n");
+    let lb = Lb::start(
+        LbConf::new()
+            .upstream(&a)
+            .timeouts(fields().set("read", "300ms")),
+    );
     let started = Instant::now();
     let resp = lb.get("/slow?sleep_ms=3000");
     assert_eq!(resp.status, 504, "{}", resp.text());
@@ -149,7 +154,7 @@ fn slow_upstream_is_a_504() {
 #[test]
 fn malformed_requests_get_4xx_and_lb_keeps_serving() {
     let a = Backend::start("a");
-    let mut lb = Lb::start(&[a.addr.to_string()], "");
+    let mut lb = Lb::start(LbConf::new().upstream(&a));
     let bad: [&[u8]; 4] = [
         b"THIS IS NOT HTTP\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: t\r\nBad Header Without Colon\r\n\r\n",
@@ -182,7 +187,7 @@ fn malformed_requests_get_4xx_and_lb_keeps_serving() {
 #[test]
 fn conflicting_framing_cannot_smuggle_a_request() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], "");
+    let lb = Lb::start(LbConf::new().upstream(&a));
     // Content-Length says the body runs on; Transfer-Encoding says it ended at "0". A proxy that
     // honoured one while the backend honoured the other would let GET /smuggled through.
     let raw = b"POST /first HTTP/1.1\r\nHost: t\r\nContent-Length: 40\r\n\
@@ -192,11 +197,11 @@ fn conflicting_framing_cannot_smuggle_a_request() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     stream.write_all(raw).unwrap();
-    let mut reader = BufReader::new(stream);
-    if let Ok(first) = read_response(&mut reader, false) {
+    let mut reader = std::io::BufReader::new(stream);
+    if let Ok(first) = read_response(&mut reader) {
         assert!(first.status == 200 || (400..500).contains(&first.status));
         // No second response may follow on this connection.
-        assert!(read_response(&mut reader, false).is_err());
+        assert!(read_response(&mut reader).is_err());
     }
     assert_eq!(lb.get("/after").status, 200);
     let seen = a.state.seen.lock().unwrap().clone();
@@ -206,19 +211,12 @@ fn conflicting_framing_cannot_smuggle_a_request() {
 #[test]
 fn keep_alive_to_clients() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], "");
-    let stream = TcpStream::connect(lb.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut reader = BufReader::new(stream);
+    let lb = Lb::start(LbConf::new().upstream(&a));
+    let mut client = KeepAliveClient::new(lb.addr);
     for i in 0..5 {
-        reader
-            .get_mut()
-            .write_all(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .unwrap();
-        let resp = read_response(&mut reader, false).unwrap();
+        let resp = client.get(&format!("/{i}")).unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.echo("target"), Some(format!("/{i}")));
     }
+    assert_eq!(client.connections(), 1, "all five on one connection");
 }

@@ -8,8 +8,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::backends::Backend;
 use common::browser::Browser;
-use common::*;
+use common::lb_conf::{fast_checks, LbConf, Upstream};
+use common::lb_process::{Lb, TempDir};
+use common::load::Load;
+use common::ports::unique_addr;
+use common::wait::wait_until;
 
 const TOKEN: &str = "page-token-0123456789abcdef";
 
@@ -36,22 +41,15 @@ fn status_page_shows_live_states_in_a_real_browser() {
     let dir = TempDir::new();
     let token_file = dir.0.join("admin.token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let extra = format!(
-        "{FAST_CHECKS}  selection: least_conn\n  admin:\n    listen: \"{admin}\"\n    token_file: \"{}\"\n",
-        token_file.display()
-    );
-    let upstreams = [
-        a.addr.to_string(),
-        format!("{{ addr: \"{}\", weight: 2 }}", b.addr),
-        format!("{{ addr: \"{}\", backup: true }}", c.addr),
-    ];
-    let config = config_yaml(&dir.0, listen, &upstreams, &extra);
-    let lb = Lb::start_in(dir, listen, &config);
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(admin).is_ok()
-    }));
+    let config = LbConf::new()
+        .upstream(&a)
+        .upstream(Upstream::new(b.addr).weight(2))
+        .upstream(Upstream::new(c.addr).backup())
+        .health(fast_checks())
+        .selection("least_conn")
+        .admin(unique_addr(), Some(&token_file));
+    let lb = Lb::start_in(dir, config);
+    let admin = lb.admin();
     let load = Load::start(lb.addr, 2, 3000);
 
     let browser = Browser::start().unwrap_or_else(|e| panic!("{e}"));
