@@ -198,7 +198,16 @@ fn parse_path(text: &str) -> Result<PathMatch, String> {
         let pattern = pattern.trim();
         return match regex::Regex::new(pattern) {
             Ok(_) => Ok(PathMatch::Regex(pattern.to_string())),
-            Err(e) => Err(format!("invalid regular expression `{pattern}`: {e}")),
+            // The library's message spans lines (the pattern, a caret, the reason): keep the
+            // reason, so the error stays one line.
+            Err(e) => Err(format!(
+                "invalid regular expression `{pattern}`: {}",
+                e.to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ")
+            )),
         };
     }
     let (exact, path) = match text.strip_prefix('=') {
