@@ -24,9 +24,10 @@ pub mod ops;
 mod outcome;
 mod proxy;
 
-/// What the selection benchmark drives directly: a pool, its registry, and a pick.
+/// What the benchmarks drive directly: a pool, its registry and a pick; the route table.
 pub mod bench {
     pub use crate::balancer::registry::Registry;
+    pub use crate::balancer::routes::RouteTable;
     pub use crate::balancer::selection::hash_bytes;
     pub use crate::balancer::selection::{Lease, Pick, Pool};
 }

@@ -297,6 +297,13 @@ fn config_errors_name_the_key() {
 }
 
 #[test]
+fn the_example_sites_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sites.yaml");
+    let (ok, out) = lb_command(&["-t", "-c", path]);
+    assert!(ok, "{out}");
+}
+
+#[test]
 fn a_pool_key_at_lb_level_is_the_default_and_its_errors_name_lb() {
     let dir = TempDir::new();
     let path = dir.0.join("lb.yaml");

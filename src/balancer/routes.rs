@@ -15,7 +15,7 @@ use regex::Regex;
 use crate::config::{HostMatch, PathMatch, RouteConfig};
 
 /// One route with its path expression compiled.
-pub(crate) struct Route {
+pub struct Route {
     pub(crate) config: RouteConfig,
     regex: Option<Regex>,
 }
@@ -52,7 +52,7 @@ impl Route {
 }
 
 /// Every route, indexed by host.
-pub(crate) struct RouteTable {
+pub struct RouteTable {
     routes: Vec<Route>,
     exact: HashMap<Box<str>, Box<[u32]>>,
     wildcard: HashMap<Box<str>, Box<[u32]>>,
@@ -60,7 +60,7 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
-    pub(crate) fn new(configs: &[RouteConfig]) -> Self {
+    pub fn new(configs: &[RouteConfig]) -> Self {
         let routes: Vec<Route> = configs
             .iter()
             .map(|config| Route {
@@ -114,7 +114,7 @@ impl RouteTable {
     }
 
     /// The first route matching a request for `host` (as sent: any case, maybe with a port).
-    pub(crate) fn find(
+    pub fn find(
         &self,
         host: Option<&str>,
         path: &str,
