@@ -29,6 +29,11 @@ pub struct Cli {
     #[command(flatten)]
     pub server: Opt,
 
+    /// Restore the admin actions (drain, disable, weights) and ejections saved by the previous
+    /// instance of this config (`<pid_file>.state`); an upgrade (-u) always does
+    #[arg(long)]
+    pub keep_state: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -144,5 +144,12 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
         server,
         lb: LbConfig::with_defaults(vec![listen], upstreams),
     };
-    crate::ops::server::build(Opt::default(), config, None)?.run_forever()
+    crate::ops::server::build(
+        Opt::default(),
+        config,
+        None,
+        crate::ops::handover::SavedStateUse::Ignore,
+    )?
+    .run();
+    std::process::exit(0)
 }

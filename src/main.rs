@@ -5,6 +5,7 @@ use clap::Parser;
 use lb::cli::{Cli, Command};
 use lb::config::Config;
 use lb::ops::control::{self, NO_DAEMON_ENV};
+use lb::ops::handover::SavedStateUse;
 use lb::ops::instance::{InstanceError, InstanceFiles};
 
 /// mimalloc: per-thread free lists suit pingora's many short-lived per-request allocations
@@ -90,10 +91,17 @@ fn run(mut cli: Cli, path: &str) -> Result<(), String> {
                 .map_err(|e| format!("cannot write pid file {}: {e}", files.pid_file.display()))?;
         }
     }
+    let saved = if cli.server.upgrade || cli.keep_state {
+        SavedStateUse::Restore
+    } else {
+        // A fresh start: admin actions of a previous instance are forgotten.
+        files.remove_state();
+        SavedStateUse::Ignore
+    };
     let config_path = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
-    lb::ops::server::build(cli.server, config, Some(config_path))
+    lb::ops::server::build(cli.server, config, Some(config_path), saved)
         .map_err(|e| e.to_string())?
-        .run(Default::default());
+        .run();
     files.remove_if_ours();
     Ok(())
 }

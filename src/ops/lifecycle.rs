@@ -12,6 +12,7 @@ use pingora::services::background::BackgroundService;
 
 use super::instance::InstanceFiles;
 use super::reload::ReloadService;
+use crate::admin::Phase;
 use crate::balancer::SharedRouting;
 use crate::proxy::InFlight;
 
@@ -55,6 +56,8 @@ pub(crate) struct LifecycleService {
     grace: Duration,
     /// For the access log, written out before the process exits.
     routing: SharedRouting,
+    /// What `GET /healthz` reports: serving from the moment the proxy is.
+    phase: Phase,
 }
 
 impl LifecycleService {
@@ -64,6 +67,7 @@ impl LifecycleService {
         in_flight: InFlight,
         grace: Duration,
         routing: SharedRouting,
+        phase: Phase,
     ) -> Self {
         LifecycleService {
             files,
@@ -71,6 +75,7 @@ impl LifecycleService {
             in_flight,
             grace,
             routing,
+            phase,
         }
     }
 }
@@ -87,6 +92,7 @@ impl BackgroundService for LifecycleService {
         if let Some(reload) = &self.reload {
             reload.publish_status();
         }
+        self.phase.serving();
         notify_upgrader(UpgradeStage::Serving);
         log::info!(
             "lb {} serving (pid {})",

@@ -3,6 +3,8 @@
 //! - [`server`]: assembling pingora's `Server` and its services from a validated config;
 //! - [`reload`]: applying a changed config in place (SIGHUP), and building a routing with its
 //!   health check;
+//! - [`handover`]: the runtime state handed to the next process, and lb's handling of the
+//!   shutdown signals (the socket hand-over on SIGQUIT);
 //! - [`lifecycle`]: announcing the instance, the handshake with `lb upgrade`, a graceful end;
 //! - [`instance`]: the pid and status files a running instance is found by;
 //! - [`control`]: `lb reload | upgrade | stop`, driving a running instance from outside.
@@ -11,6 +13,7 @@
 //! config); nothing depends on it but `main`, the demo and the tests.
 
 pub mod control;
+pub mod handover;
 pub mod instance;
 pub(crate) mod lifecycle;
 pub(crate) mod reload;
