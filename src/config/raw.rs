@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::types::{AccessLogFormat, CheckType, Selection};
+use super::types::{AccessLogFormat, CheckType, LogFormat, Selection};
 use super::values::parse_duration;
 use crate::outcome::{status_code, OutcomeMatch, StatusRange};
 
@@ -35,6 +35,8 @@ pub(crate) struct RawLb {
     pub(crate) queue: RawQueue,
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub(crate) log_format: LogFormat,
 }
 
 #[derive(Deserialize)]

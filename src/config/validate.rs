@@ -42,6 +42,7 @@ impl RawLb {
             pool,
             admin,
             access_log,
+            log_format: self.log_format,
         })
     }
 }

@@ -37,6 +37,9 @@ impl UpgradeStage {
     }
 }
 
+/// Set once the proxy serves.
+pub(crate) static SERVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Tells a waiting `lb upgrade` (if any started this process) that `stage` is reached.
 pub(crate) fn notify_upgrader(stage: UpgradeStage) {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -80,6 +83,30 @@ impl LifecycleService {
     }
 }
 
+impl LifecycleService {
+    /// The start-up line: every listener and the admin address.
+    fn announcement(&self) -> String {
+        let routing = self.routing.load();
+        let listen: Vec<String> = routing
+            .config
+            .listen
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        let admin = match &routing.config.admin {
+            Some(admin) => format!("admin on http://{}", admin.listen),
+            None => "no admin listener".to_string(),
+        };
+        format!(
+            "lb {} serving on {}; {admin}; {} upstream(s); pid {}",
+            env!("CARGO_PKG_VERSION"),
+            listen.join(", "),
+            routing.config.pool.upstreams.len(),
+            std::process::id()
+        )
+    }
+}
+
 #[async_trait]
 impl BackgroundService for LifecycleService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -93,12 +120,9 @@ impl BackgroundService for LifecycleService {
             reload.publish_status();
         }
         self.phase.serving();
+        SERVED.store(true, std::sync::atomic::Ordering::SeqCst);
         notify_upgrader(UpgradeStage::Serving);
-        log::info!(
-            "lb {} serving (pid {})",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id()
-        );
+        log::info!("{}", self.announcement());
 
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
