@@ -157,9 +157,14 @@ fn run(mut cli: Cli, path: &str) -> Result<(), String> {
         SavedStateUse::Ignore
     };
     let config_path = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
-    lb::ops::server::build(cli.server, config, Some(config_path), saved)
-        .map_err(|e| e.to_string())?
-        .run();
+    let built = match lb::ops::server::build(cli.server, config, Some(config_path), saved) {
+        Ok(built) => built,
+        Err(e) => {
+            files.remove_if_ours();
+            return Err(e.to_string());
+        }
+    };
+    built.run();
     files.remove_if_ours();
     Ok(())
 }

@@ -291,3 +291,33 @@ fn version_and_demo_arguments() {
     assert!(out.contains(&format!("--listen {addr}: ")), "{out}");
     assert!(out.contains("already in use"), "{out}");
 }
+
+#[test]
+fn the_demo_removes_its_pid_file_on_every_way_out() {
+    let pid_file = lb::demo::pid_file();
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut demo = Command::new(lb_binary())
+            .args(["demo", "--listen", &listen])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = demo.id() as i32;
+        let serving = wait_until(Duration::from_secs(15), || {
+            read_pid(Path::new(&pid_file)) == Some(pid)
+                && try_get(listen.parse().unwrap(), "/").is_ok_and(|r| r.status == 200)
+        });
+        if !serving {
+            let _ = demo.kill();
+            panic!("the demo did not serve on {listen}");
+        }
+        lb::ops::instance::signal(pid, signal).unwrap();
+        let status = demo.wait().unwrap();
+        assert!(status.success(), "signal {signal}: {status}");
+        assert!(
+            read_pid(Path::new(&pid_file)) != Some(pid),
+            "signal {signal}: pid file {pid_file} left behind"
+        );
+    }
+}

@@ -1,4 +1,6 @@
-//! The admin listener: Prometheus metrics, the upstream API and the status page.
+//! The admin listener: Prometheus metrics, the upstream API, the status page, and `/healthz`
+//! (lb's own health for an outer balancer: 200 while serving, 503 while starting or draining,
+//! no token).
 //!
 //! It is a pingora listening service of its own (so `lb upgrade` hands its socket over like
 //! the proxy's). Everything it shows is read from the live [`crate::balancer::UpstreamState`]s
@@ -6,7 +8,10 @@
 //! effect on the next pick and survive in-place reloads.
 //!
 //! With a token configured every API request needs `Authorization: Bearer <token>`; without
-//! one the listener must be on a loopback address (checked when the config is loaded).
+//! one the listener must be on a loopback address (checked when the config is loaded). While
+//! the process hands over to a new one or stops, changes are refused with a 503 (the operations
+//! layer sets the [`Phase`]), so that none is made after the state was handed over; every
+//! accepted change is passed to the [`OnChange`] hook, which saves the state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
