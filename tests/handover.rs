@@ -103,10 +103,33 @@ fn upgrade_under_load_keeps_admin_state_and_loses_nothing() {
 
     let load = Load::start(lb.addr, 6, 5000);
     load.wait_for(200);
+    // Keeps the old process alive, draining, for a while after the hand-over.
+    let slow = {
+        let addr = lb.addr;
+        std::thread::spawn(move || try_get(addr, "/slow?sleep_ms=3000"))
+    };
+    assert!(wait_until(Duration::from_secs(5), || {
+        [&c, &d].iter().any(|b| {
+            b.state
+                .seen
+                .lock()
+                .is_ok_and(|seen| seen.iter().any(|t| t.starts_with("/slow")))
+        })
+    }));
     let (ok, out) = lb_command(&["upgrade", "-c", lb.conf()]);
     assert!(ok, "{out}\n{}", lb.log());
     let new = read_pid(&lb.pid_file()).unwrap_or_default();
     assert_ne!(new, old);
+
+    // Once the new process serves, the old one, still finishing the slow request, no longer
+    // answers on the admin address: every new connection reaches the new process.
+    assert!(wait_until(Duration::from_secs(5), || overview(admin)
+        ["pid"]
+        == new));
+    for _ in 0..20 {
+        assert_eq!(overview(admin)["pid"], new);
+    }
+    assert!(pid_alive(old), "the old process is still draining");
     assert!(
         wait_until(Duration::from_secs(20), || !pid_alive(old)),
         "{}",
@@ -116,6 +139,11 @@ fn upgrade_under_load_keeps_admin_state_and_loses_nothing() {
     let report = load.finish();
     assert_eq!(report.failed, 0, "{:?}\n{}", report.errors, lb.log());
     assert!(report.ok > 500, "too little load: {report:?}");
+    let slow = slow
+        .join()
+        .unwrap()
+        .expect("slow request cut by the upgrade");
+    assert_eq!(slow.status, 200);
     // Neither process sent anything to the drained or the disabled upstream meanwhile.
     assert_eq!((a.requests(), b.requests()), (a_before, b_before));
 
