@@ -18,9 +18,8 @@ fn start(upstreams: &[String]) -> (Lb, SocketAddr) {
     let extra = format!("{FAST_CHECKS}  admin:\n    listen: \"{admin}\"\n");
     let config = config_yaml(&dir.0, listen, upstreams, &extra);
     let lb = Lb::start_in(dir, listen, &config);
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(admin).is_ok()
-    }));
+    // Ready: the proxy listens and lb says it serves.
+    assert!(wait_until(Duration::from_secs(10), || call_ok(admin)));
     (lb, admin)
 }
 

@@ -220,9 +220,12 @@ impl Signals {
         }
     }
 
-    /// The pid of the process that has taken over, once it has written the pid file.
+    /// The pid of the process that has taken over, once it serves: it has written the pid
+    /// file and then its status file. (The pid file alone is not enough: a daemonizing `-u -d`
+    /// writes it when it forks, long before it serves.)
     fn successor(&self) -> Option<i32> {
         let pid = self.files.running_pid().ok()?;
-        (pid as u32 != std::process::id()).then_some(pid)
+        let serves = self.files.read_status().is_some_and(|s| s.pid == pid);
+        (pid as u32 != std::process::id() && serves).then_some(pid)
     }
 }
