@@ -114,9 +114,12 @@ fn check_instance_path(key: &str, path: &Path) -> Result<(), PreflightError> {
     }
     let dir = parent(path);
     if dir == server_defaults::runtime_dir() && !dir.exists() {
-        // Created at start; its parent must let us.
-        let grandparent = parent(&dir);
-        return writable_dir(key, &grandparent).map_err(|e| {
+        // Created at start (with its missing parents): the nearest existing one must let us.
+        let existing = dir
+            .ancestors()
+            .find(|a| a.exists())
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        return writable_dir(key, &existing).map_err(|e| {
             fail(
                 key,
                 format!(
