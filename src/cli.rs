@@ -29,6 +29,11 @@ pub struct Cli {
     #[command(flatten)]
     pub server: Opt,
 
+    /// Restore the admin actions (drain, disable, weights) and ejections saved by the previous
+    /// instance of this config (`<pid_file>.state`); an upgrade (-u) always does
+    #[arg(long)]
+    pub keep_state: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -54,4 +59,30 @@ pub enum Command {
     /// Stop the running instance gracefully: no new connections, requests in flight finish
     /// (within grace_period_seconds), then exit
     Stop,
+    /// Print the version of lb, the pingora it is built on, and how it was built
+    Version,
+}
+
+/// `lb version`: lb's version, pingora's, and the build.
+pub fn version_text() -> String {
+    // The exact pingora release, from the lock file the binary was built with.
+    let lock = include_str!("../Cargo.lock");
+    let pingora = lock
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"pingora\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    format!(
+        "lb {}\npingora {pingora} (features: lb, proxy, time)\nbuild: {profile}, {}-{}, allocator mimalloc, rust-version {}\n",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        env!("CARGO_PKG_RUST_VERSION"),
+    )
 }

@@ -19,8 +19,29 @@ use crate::config::{Config, LbConfig, Upstream};
 pub enum DemoError {
     #[error("cannot start the demo backends: {0}")]
     Backends(std::io::Error),
-    #[error(transparent)]
-    Listen(#[from] crate::ops::server::StartError),
+    #[error("--listen {addr}: {reason}; choose another address with --listen, e.g. lb demo --listen 127.0.0.1:8080")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("{0}")]
+    Start(String),
+}
+
+impl From<crate::ops::server::StartError> for DemoError {
+    fn from(e: crate::ops::server::StartError) -> Self {
+        match e {
+            crate::ops::server::StartError::Listen { addr, reason } => {
+                DemoError::Listen { addr, reason }
+            }
+            other => DemoError::Start(other.to_string()),
+        }
+    }
+}
+
+/// The demo's pid file, in lb's runtime directory (never a shared one such as /tmp).
+pub fn pid_file() -> String {
+    crate::config::server_defaults::runtime_dir()
+        .join("demo.pid")
+        .display()
+        .to_string()
 }
 
 /// A backend that answers every request with a short page naming itself.
@@ -137,12 +158,26 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
 
     // Files of its own, so that the demo never touches a real instance's pid file.
     let mut server = crate::config::default_server_conf();
-    let tmp = std::env::temp_dir();
-    server.pid_file = tmp.join("lb-demo.pid").display().to_string();
-    server.upgrade_sock = tmp.join("lb-demo_upgrade.sock").display().to_string();
+    server.pid_file = pid_file();
+    server.upgrade_sock = crate::config::server_defaults::runtime_dir()
+        .join("demo-upgrade.sock")
+        .display()
+        .to_string();
     let config = Config {
         server,
         lb: LbConfig::with_defaults(vec![listen], upstreams),
     };
-    crate::ops::server::build(Opt::default(), config, None)?.run_forever()
+    crate::ops::preflight::prepare_runtime_dir(&config)
+        .map_err(|e| DemoError::Start(e.to_string()))?;
+    let files = crate::ops::instance::InstanceFiles::new(&config.server.pid_file);
+    crate::ops::server::build(
+        Opt::default(),
+        config,
+        None,
+        crate::ops::handover::SavedStateUse::Ignore,
+    )?
+    .run();
+    // Ctrl-C ends the server here; a graceful stop (SIGTERM) removes the files itself.
+    files.remove_if_ours();
+    std::process::exit(0)
 }

@@ -32,13 +32,12 @@ pub mod bench {
     pub use crate::balancer::selection::{Lease, Pick, Pool};
 }
 
-/// Sets up logging to stderr: level from `RUST_LOG`, `info` by default.
-///
-/// pingora's own health-check messages are kept to errors by default because [`health`] logs
-/// every state change itself, with the reason.
+/// Sets up lb's log: see [`observe::logging`].
 pub fn init_logging() {
-    let default = "info,pingora_load_balancing=error";
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp_millis()
-        .init();
+    observe::logging::init();
+}
+
+/// Sets the format of lb's log lines (`lb.log_format`).
+pub fn set_log_format(format: config::LogFormat) {
+    observe::logging::set_format(format);
 }

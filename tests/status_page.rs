@@ -125,6 +125,55 @@ fn status_page_shows_live_states_in_a_real_browser() {
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG at {}", shot.display());
     eprintln!("screenshot: {}", shot.display());
+
+    // A laptop screen and a phone: nothing scrolls sideways, every Disable and Enable button
+    // can be seen (and clicked) where it is.
+    for (width, height) in [(1280, 800), (390, 844)] {
+        browser.set_viewport(width, height).unwrap();
+        assert!(browser.wait_for(
+            Duration::from_secs(5),
+            &format!("return window.innerWidth === {width};")
+        ));
+        let overflow = browser
+            .eval(
+                "const d = document.documentElement; \
+                 return [d.scrollWidth, d.clientWidth, document.body.scrollWidth];",
+            )
+            .unwrap();
+        assert!(
+            overflow[0].as_u64() <= overflow[1].as_u64()
+                && overflow[2].as_u64() <= overflow[1].as_u64(),
+            "at {width} px the page scrolls sideways: [scrollWidth, clientWidth, body] = {overflow}"
+        );
+        let hidden = browser
+            .eval(
+                "const hidden = [];\
+                 for (const b of document.querySelectorAll('#upstreams button[data-action=\"disable\"], #upstreams button[data-action=\"enable\"]')) {\
+                   let r = b.getBoundingClientRect();\
+                   window.scrollTo(0, window.scrollY + r.top - window.innerHeight / 2);\
+                   r = b.getBoundingClientRect();\
+                   const x = r.left + r.width / 2, y = r.top + r.height / 2;\
+                   const hit = document.elementFromPoint(x, y);\
+                   if (r.width < 20 || r.height < 10 || r.left < 0 || r.right > document.documentElement.clientWidth || !(hit === b || b.contains(hit)))\
+                     hidden.push(b.closest('tr').dataset.addr + ' ' + b.dataset.action + ' ' + JSON.stringify(r));\
+                 }\
+                 window.scrollTo(0, 0);\
+                 return hidden;",
+            )
+            .unwrap();
+        assert_eq!(
+            hidden.as_array().map(Vec::len),
+            Some(0),
+            "at {width} px hidden buttons: {hidden}"
+        );
+        let count = browser
+            .eval("return document.querySelectorAll('#upstreams button[data-action=\"disable\"]').length;")
+            .unwrap();
+        assert_eq!(count, 3);
+        let shot = screenshot_path(&format!("status-page-{width}.png"));
+        browser.screenshot_png(&shot).unwrap();
+        eprintln!("screenshot at {width} px: {}", shot.display());
+    }
     let report = load.finish();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
 }

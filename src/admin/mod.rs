@@ -1,4 +1,6 @@
-//! The admin listener: Prometheus metrics, the upstream API and the status page.
+//! The admin listener: Prometheus metrics, the upstream API, the status page, and `/healthz`
+//! (lb's own health for an outer balancer: 200 while serving, 503 while starting or draining,
+//! no token).
 //!
 //! It is a pingora listening service of its own (so `lb upgrade` hands its socket over like
 //! the proxy's). Everything it shows is read from the live [`crate::balancer::UpstreamState`]s
@@ -6,9 +8,14 @@
 //! effect on the next pick and survive in-place reloads.
 //!
 //! With a token configured every API request needs `Authorization: Bearer <token>`; without
-//! one the listener must be on a loopback address (checked when the config is loaded).
+//! one the listener must be on a loopback address (checked when the config is loaded). While
+//! the process hands over to a new one or stops, changes are refused with a 503 (the operations
+//! layer sets the [`Phase`]), so that none is made after the state was handed over; every
+//! accepted change is passed to the [`OnChange`] hook, which saves the state.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -31,19 +38,75 @@ const STATUS_PAGE: &str = include_str!("status.html");
 /// Largest request body the API reads.
 const MAX_BODY: usize = 4096;
 
+/// Where the process is in its life, as `GET /healthz` reports it: set by the operations
+/// layer, read here.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Phase(Arc<AtomicU8>);
+
+impl Phase {
+    const STARTING: u8 = 0;
+    const SERVING: u8 = 1;
+    const UPGRADING: u8 = 2;
+    const STOPPING: u8 = 3;
+
+    pub(crate) fn serving(&self) {
+        self.0.store(Self::SERVING, Ordering::SeqCst);
+    }
+
+    /// Handing the listeners to a new process: changes are refused from now on, so that none
+    /// is made here after the state was handed over.
+    pub(crate) fn upgrading(&self) {
+        self.0.store(Self::UPGRADING, Ordering::SeqCst);
+    }
+
+    pub(crate) fn stopping(&self) {
+        self.0.store(Self::STOPPING, Ordering::SeqCst);
+    }
+
+    /// What the process is doing, as `/healthz` says it.
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self.0.load(Ordering::SeqCst) {
+            Self::STARTING => "starting",
+            Self::SERVING => "serving",
+            Self::UPGRADING => "draining: handing over to a new process (upgrade)",
+            _ => "draining: stopping",
+        }
+    }
+
+    fn is_serving(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == Self::SERVING
+    }
+
+    fn is_draining(&self) -> bool {
+        self.0.load(Ordering::SeqCst) >= Self::UPGRADING
+    }
+}
+
+/// Called after every change made through the API (the operations layer saves the state).
+pub(crate) type OnChange = Arc<dyn Fn(&Routing) + Send + Sync>;
+
 /// The admin HTTP application.
 pub(crate) struct AdminApp {
     routing: SharedRouting,
     in_flight: InFlight,
     started: Instant,
+    phase: Phase,
+    on_change: OnChange,
 }
 
 impl AdminApp {
-    pub(crate) fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
+    pub(crate) fn new(
+        routing: SharedRouting,
+        in_flight: InFlight,
+        phase: Phase,
+        on_change: OnChange,
+    ) -> Self {
         AdminApp {
             routing,
             in_flight,
             started: Instant::now(),
+            phase,
+            on_change,
         }
     }
 }
@@ -124,6 +187,24 @@ impl AdminApp {
         body: &[u8],
     ) -> Answer {
         let routing = self.routing.load_full();
+        // For an outer balancer or a Kubernetes probe: no token, no data.
+        if path == "/healthz" {
+            return match *method {
+                Method::GET | Method::HEAD => {
+                    let status = if self.phase.is_serving() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    Answer {
+                        status,
+                        content_type: "text/plain; charset=utf-8",
+                        body: format!("{}\n", self.phase.as_str()).into_bytes(),
+                    }
+                }
+                _ => method_not_allowed(),
+            };
+        }
         // The page itself holds no data; everything else needs the token when one is set.
         if path == "/" || path == "/index.html" {
             return match *method {
@@ -206,6 +287,35 @@ impl AdminApp {
                 },
             );
         }
+        let changes = matches!(
+            (method, action),
+            (&Method::POST, Some("drain" | "disable" | "enable")) | (&Method::PUT, Some("weight"))
+        );
+        if changes && self.phase.is_draining() {
+            return Answer::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                if self.phase.0.load(Ordering::SeqCst) == Phase::UPGRADING {
+                    "lb is handing over to a new process: nothing was changed; retry in a moment, the new process answers on the same address"
+                } else {
+                    "lb is stopping: nothing was changed"
+                },
+            );
+        }
+        let answer = self.change_or_show(&found, method, action, body);
+        if changes && answer.status == StatusCode::OK {
+            (self.on_change)(routing);
+        }
+        answer
+    }
+
+    /// Applies an admin action to `found` (or shows them).
+    fn change_or_show(
+        &self,
+        found: &[(&Pool, &Member)],
+        method: &Method,
+        action: Option<&str>,
+        body: &[u8],
+    ) -> Answer {
         let now = now_ms();
         let answer = |found: &[(&Pool, &Member)]| -> Answer {
             let list: Vec<Value> = found
@@ -218,7 +328,7 @@ impl AdminApp {
             }
         };
         match (method.clone(), action) {
-            (Method::GET, None) => answer(&found),
+            (Method::GET, None) => answer(found),
             (Method::POST, Some(action @ ("drain" | "disable" | "enable"))) => {
                 let (admin, verb) = match action {
                     "drain" => (AdminState::Draining, "draining"),
@@ -226,7 +336,7 @@ impl AdminApp {
                     _ => (AdminState::Enabled, "enabled"),
                 };
                 let reason = format!("{verb} through the admin API");
-                for (_, member) in &found {
+                for (_, member) in found {
                     let state = &member.state;
                     if state.set_admin(admin, &reason) {
                         log::warn!(
@@ -237,7 +347,7 @@ impl AdminApp {
                         );
                     }
                 }
-                answer(&found)
+                answer(found)
             }
             (Method::PUT, Some("weight")) => {
                 let weight = serde_json::from_slice::<Value>(body)
@@ -256,7 +366,7 @@ impl AdminApp {
                 match weight {
                     Err(reason) => Answer::error(StatusCode::BAD_REQUEST, reason),
                     Ok(weight) => {
-                        for (_, member) in &found {
+                        for (_, member) in found {
                             let state = &member.state;
                             state.set_weight_override(weight);
                             log::warn!(
@@ -265,7 +375,7 @@ impl AdminApp {
                                 state.weight(member.upstream.weight)
                             );
                         }
-                        answer(&found)
+                        answer(found)
                     }
                 }
             }

@@ -6,7 +6,9 @@
 //!   state, load, latency), kept across reloads;
 //! - [`selection`]: the pool and its algorithms, and the queue behind [`Pool::acquire`];
 //! - [`passive`]: outlier ejection from the outcomes of live requests;
-//! - [`retry_budget`]: the share of requests that may be retried.
+//! - [`retry_budget`]: the share of requests that may be retried;
+//! - [`saved`]: the runtime state (admin actions, admin weights, ejections) handed to the next
+//!   process.
 //!
 //! Depends on: [`crate::config`], [`crate::outcome`], [`crate::clock`], [`crate::observe`]
 //! (metrics handles and the access log a routing carries). Not on the proxy, health checks or
@@ -17,10 +19,12 @@ pub(crate) mod registry;
 pub(crate) mod retry_budget;
 pub(crate) mod routes;
 pub(crate) mod routing;
+pub(crate) mod saved;
 pub(crate) mod selection;
 pub(crate) mod upstream;
 
 pub(crate) use registry::Registry;
 pub(crate) use routing::{Routing, SharedRouting};
+pub(crate) use saved::SavedState;
 pub(crate) use selection::{Lease, Member};
 pub(crate) use upstream::{AdminState, UpstreamState};

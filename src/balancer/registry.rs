@@ -94,6 +94,18 @@ impl Registry {
         });
     }
 
+    /// Every upstream state this process knows.
+    pub(crate) fn all_states(&self) -> Vec<Arc<UpstreamState>> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.values().cloned().collect()
+    }
+
+    /// The state of the upstream at `addr` in pool `pool`, if it is configured.
+    pub(crate) fn state_of(&self, pool: &str, addr: SocketAddr) -> Option<Arc<UpstreamState>> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.get(&(Arc::from(pool), addr)).cloned()
+    }
+
     pub(crate) fn set_serving(&self) {
         self.serving.store(true, Ordering::Relaxed);
     }

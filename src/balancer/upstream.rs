@@ -346,6 +346,38 @@ impl UpstreamState {
         self.epochs.bump_weights();
     }
 
+    /// The weight set through the admin API, if any.
+    pub(crate) fn weight_override(&self) -> Option<usize> {
+        match self.weight_override.load(Ordering::Relaxed) {
+            0 => None,
+            w => Some(w),
+        }
+    }
+
+    /// Ejections in a row so far (the next one lasts longer).
+    pub(crate) fn ejection_level(&self) -> u32 {
+        self.ejection_level.load(Ordering::Relaxed)
+    }
+
+    /// Takes over an ejection from the previous process: `remaining` of it, if any, and its
+    /// place in the doubling.
+    pub(super) fn restore_ejection(&self, remaining: Option<Duration>, level: u32) {
+        self.ejection_level.store(level, Ordering::Relaxed);
+        if let Some(remaining) = remaining {
+            let until = now_ms() + remaining.as_millis() as u64;
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+            self.usable_since_ms.store(until, Ordering::Relaxed);
+            self.changed(
+                State::Ejected,
+                format!(
+                    "ejected before the restart; {}s left",
+                    remaining.as_secs().max(1)
+                ),
+            );
+            self.epochs.bump_usability();
+        }
+    }
+
     /// A successful attempt: the failure streak ends.
     pub(crate) fn record_success(&self) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::types::{AccessLogFormat, CheckType, Selection};
+use super::types::{AccessLogFormat, CheckType, LogFormat, Selection};
 use super::values::parse_duration;
 use crate::outcome::{status_code, OutcomeMatch, StatusRange};
 
@@ -21,6 +21,8 @@ pub(crate) struct RawLb {
     pub(crate) listen: Option<Vec<String>>,
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub(crate) log_format: LogFormat,
     pub(crate) pools: Option<RawPools>,
     pub(crate) routes: Option<Vec<RawRoute>>,
     // Pool keys, as in `RawPool` (serde cannot flatten into a struct that denies unknown keys).

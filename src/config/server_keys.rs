@@ -51,10 +51,55 @@ pub(crate) fn server_conf_from(
 }
 
 /// lb's defaults for pingora server keys where pingora's own do not suit a load balancer
-/// (pingora waits 300 s on a graceful stop and names its files after itself).
+/// (pingora waits 300 s on a graceful stop and keeps its files in the shared `/tmp`).
 pub mod server_defaults {
-    pub const PID_FILE: &str = "/tmp/lb.pid";
-    pub const UPGRADE_SOCK: &str = "/tmp/lb_upgrade.sock";
+    use std::path::PathBuf;
+
+    /// The pid file's name in [`runtime_dir`].
+    pub const PID_FILE_NAME: &str = "lb.pid";
+    /// The upgrade socket's name in [`runtime_dir`].
+    pub const UPGRADE_SOCK_NAME: &str = "upgrade.sock";
+
+    /// Where the pid file and the upgrade socket go by default, a directory only this user
+    /// can write to (lb creates it at start: 0750 for root, 0700 otherwise):
+    /// `/run/lb` for root; `$XDG_RUNTIME_DIR/lb` for another user; without
+    /// `XDG_RUNTIME_DIR`, `$XDG_STATE_HOME/lb` or `~/.local/state/lb`. Never a predictable path
+    /// in a shared directory such as `/tmp`.
+    pub fn runtime_dir() -> PathBuf {
+        // SAFETY: geteuid(2) cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/run/lb");
+        }
+        let absolute_env = |name: &str| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
+        if let Some(dir) = absolute_env("XDG_RUNTIME_DIR") {
+            return dir.join("lb");
+        }
+        if let Some(dir) = absolute_env("XDG_STATE_HOME") {
+            return dir.join("lb");
+        }
+        if let Some(home) = absolute_env("HOME") {
+            return home.join(".local/state/lb");
+        }
+        // No home either: a directory named after the user id under /run/user, which only
+        // the system creates.
+        // SAFETY: geteuid(2) cannot fail.
+        PathBuf::from(format!("/run/user/{}/lb", unsafe { libc::geteuid() }))
+    }
+
+    /// The default `pid_file`.
+    pub fn pid_file() -> String {
+        runtime_dir().join(PID_FILE_NAME).display().to_string()
+    }
+
+    /// The default `upgrade_sock`.
+    pub fn upgrade_sock() -> String {
+        runtime_dir().join(UPGRADE_SOCK_NAME).display().to_string()
+    }
+
     /// How long a graceful stop or upgrade waits for requests in flight.
     pub const GRACE_PERIOD_SECONDS: u64 = 30;
     /// How long the final step of a graceful shutdown may take.
@@ -74,10 +119,10 @@ pub fn default_server_conf() -> ServerConf {
 fn apply_lb_server_defaults(conf: &mut ServerConf, present: &BTreeSet<String>) {
     use server_defaults::*;
     if !present.contains("pid_file") {
-        conf.pid_file = PID_FILE.to_string();
+        conf.pid_file = pid_file();
     }
     if !present.contains("upgrade_sock") {
-        conf.upgrade_sock = UPGRADE_SOCK.to_string();
+        conf.upgrade_sock = upgrade_sock();
     }
     conf.grace_period_seconds
         .get_or_insert(GRACE_PERIOD_SECONDS);
@@ -99,8 +144,8 @@ pub fn pid_file_of(path: &Path) -> Result<String, ConfigError> {
     Ok(value
         .get("pid_file")
         .and_then(|v| v.as_str())
-        .unwrap_or(server_defaults::PID_FILE)
-        .to_string())
+        .map(str::to_string)
+        .unwrap_or_else(server_defaults::pid_file))
 }
 
 /// The candidate nearest to `word` by edit distance, if it is near enough to be a typo.

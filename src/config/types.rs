@@ -254,6 +254,17 @@ pub enum AccessLogFormat {
     Json,
 }
 
+/// How lb's own log (stderr, or `error_log` for a daemon) is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `[time LEVEL module] message`, one line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `time`, `level`, `target`, `message`.
+    Json,
+}
+
 /// The access log: a line per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLogSettings {
@@ -429,6 +440,8 @@ pub struct LbConfig {
     pub admin: Option<AdminConfig>,
     /// Off when `None`.
     pub access_log: Option<AccessLogSettings>,
+    /// lb's own log lines: `text` or `json`.
+    pub log_format: LogFormat,
 }
 
 impl LbConfig {
@@ -448,6 +461,7 @@ impl LbConfig {
             routes: vec![RouteConfig::catch_all(DEFAULT_POOL, 0)],
             admin: None,
             access_log: None,
+            log_format: LogFormat::default(),
         }
     }
 

@@ -70,6 +70,7 @@ impl RawLb {
             routes,
             admin,
             access_log,
+            log_format: self.log_format,
         })
     }
 }

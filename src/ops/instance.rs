@@ -1,11 +1,14 @@
 //! The files through which `lb reload`, `lb upgrade` and `lb stop` find and talk to a running
-//! instance: the pid file (pingora's `pid_file`) and a status file beside it
-//! (`<pid_file>.status`) that says what the instance listens on and how its last reload went.
+//! instance: the pid file (pingora's `pid_file`), a status file beside it (`<pid_file>.status`)
+//! that says what the instance listens on and how its last reload went, and the state file
+//! (`<pid_file>.state`) that hands admin actions and ejections to the next process.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::balancer::SavedState;
 
 /// Why a running instance could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -46,17 +49,56 @@ pub struct Status {
 pub struct InstanceFiles {
     pub pid_file: PathBuf,
     pub status_file: PathBuf,
+    pub state_file: PathBuf,
 }
 
 impl InstanceFiles {
     pub fn new(pid_file: &str) -> Self {
         let pid_file = PathBuf::from(pid_file);
-        let mut status = pid_file.clone().into_os_string();
-        status.push(".status");
+        let beside = |suffix: &str| {
+            let mut path = pid_file.clone().into_os_string();
+            path.push(suffix);
+            PathBuf::from(path)
+        };
         InstanceFiles {
+            status_file: beside(".status"),
+            state_file: beside(".state"),
             pid_file,
-            status_file: PathBuf::from(status),
         }
+    }
+
+    /// The runtime state saved by this or a previous process, if there is a file.
+    pub(crate) fn read_state(&self) -> Result<Option<SavedState>, String> {
+        let text = match std::fs::read_to_string(&self.state_file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.state_file.display())),
+        };
+        let state: SavedState = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a state file: {e}", self.state_file.display()))?;
+        if state.version != crate::balancer::saved::SAVED_STATE_VERSION {
+            return Err(format!(
+                "{} has version {}, this lb reads version {}",
+                self.state_file.display(),
+                state.version,
+                crate::balancer::saved::SAVED_STATE_VERSION
+            ));
+        }
+        Ok(Some(state))
+    }
+
+    /// Saves the runtime state (atomically; concurrent writers are serialized).
+    pub(crate) fn write_state(&self, state: &SavedState) -> std::io::Result<()> {
+        static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+        let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        write_atomically(&self.state_file, &text)
+    }
+
+    /// Forgets the saved state (a start without `--keep-state`).
+    pub fn remove_state(&self) {
+        let _ = std::fs::remove_file(&self.state_file);
     }
 
     /// The pid of the running instance; a pid file whose process is gone is reported as stale.
@@ -158,10 +200,26 @@ pub fn signal(pid: i32, signal: libc::c_int) -> std::io::Result<()> {
     }
 }
 
+/// Writes a new file beside `path` and renames it over `path`. The temporary file is created
+/// exclusively (never through a symlink someone left there) and the rename replaces a symlink
+/// at `path` rather than following it.
 fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, path)
+    let _ = std::fs::remove_file(&tmp);
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(content))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

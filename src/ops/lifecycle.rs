@@ -12,6 +12,7 @@ use pingora::services::background::BackgroundService;
 
 use super::instance::InstanceFiles;
 use super::reload::ReloadService;
+use crate::admin::Phase;
 use crate::balancer::SharedRouting;
 use crate::proxy::InFlight;
 
@@ -36,6 +37,9 @@ impl UpgradeStage {
     }
 }
 
+/// Set once the proxy serves.
+pub(crate) static SERVED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Tells a waiting `lb upgrade` (if any started this process) that `stage` is reached.
 pub(crate) fn notify_upgrader(stage: UpgradeStage) {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -55,6 +59,8 @@ pub(crate) struct LifecycleService {
     grace: Duration,
     /// For the access log, written out before the process exits.
     routing: SharedRouting,
+    /// What `GET /healthz` reports: serving from the moment the proxy is.
+    phase: Phase,
 }
 
 impl LifecycleService {
@@ -64,6 +70,7 @@ impl LifecycleService {
         in_flight: InFlight,
         grace: Duration,
         routing: SharedRouting,
+        phase: Phase,
     ) -> Self {
         LifecycleService {
             files,
@@ -71,7 +78,37 @@ impl LifecycleService {
             in_flight,
             grace,
             routing,
+            phase,
         }
+    }
+}
+
+impl LifecycleService {
+    /// The start-up line: every listener and the admin address.
+    fn announcement(&self) -> String {
+        let routing = self.routing.load();
+        let listen: Vec<String> = routing
+            .config
+            .listen
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        let admin = match &routing.config.admin {
+            Some(admin) => format!("admin on http://{}", admin.listen),
+            None => "no admin listener".to_string(),
+        };
+        format!(
+            "lb {} serving on {}; {admin}; {} upstream(s); pid {}",
+            env!("CARGO_PKG_VERSION"),
+            listen.join(", "),
+            routing
+                .config
+                .pools
+                .iter()
+                .map(|p| p.upstreams.len())
+                .sum::<usize>(),
+            std::process::id()
+        )
     }
 }
 
@@ -87,12 +124,10 @@ impl BackgroundService for LifecycleService {
         if let Some(reload) = &self.reload {
             reload.publish_status();
         }
+        self.phase.serving();
+        SERVED.store(true, std::sync::atomic::Ordering::SeqCst);
         notify_upgrader(UpgradeStage::Serving);
-        log::info!(
-            "lb {} serving (pid {})",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id()
-        );
+        log::info!("{}", self.announcement());
 
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {

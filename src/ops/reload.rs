@@ -105,6 +105,7 @@ impl ReloadService {
             return Err(ReloadError::NeedsUpgrade(key.to_string()));
         }
         let current = self.routing.load_full();
+        let log_format = config.lb.log_format;
         let next = build_routing(config.lb, current.registry.clone(), Some(&current))
             .map_err(|e| ReloadError::AccessLog(e.to_string()))?;
         // Settle the new upstream set before it takes traffic: kept upstreams keep their
@@ -112,6 +113,7 @@ impl ReloadService {
         next.check_round().await;
         let summary = describe_changes(&current.config, &next.config);
         self.routing.store(Arc::new(next));
+        crate::observe::logging::set_format(log_format);
         Ok(summary)
     }
 

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::services::listening::Service;
 
+use super::handover::{HandoverService, ListenerTable, SavedStateUse, Signals};
 use super::instance::InstanceFiles;
 use super::lifecycle::{notify_upgrader, LifecycleService, UpgradeStage};
 use super::reload::{build_routing, ReloadService};
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, Phase};
 use crate::balancer::Registry;
 use crate::config::{server_defaults, Config};
 use crate::health::HealthService;
@@ -29,11 +30,28 @@ pub enum StartError {
     AccessLog(String),
 }
 
+/// The assembled server with lb's signal handling, ready to run.
+pub struct Built {
+    server: Server,
+    signals: Signals,
+}
+
+impl Built {
+    /// Runs until the process is stopped (a daemon forks first).
+    pub fn run(self) {
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(self.signals),
+        });
+    }
+}
+
 /// Builds the server. The services start in this order:
 /// 1. bootstrap (takes over the listening sockets of an old process when upgrading) and the
 ///    health checks, whose first round decides which upstreams are up;
-/// 2. the proxy, once both are done;
-/// 3. the lifecycle service, which announces the instance and handles its graceful end.
+/// 2. the hand-over service, once bootstrap is done: it restores the runtime state the old
+///    process saved (with `saved` = [`SavedStateUse::Restore`]);
+/// 3. the proxy and the admin listener, once those are done;
+/// 4. the lifecycle service, which announces the instance and handles its graceful end.
 ///
 /// `opt` carries pingora's command-line flags (`-u`, `-d`); the file was read into `config`
 /// already. `config_path`, when given, is re-read on SIGHUP.
@@ -41,7 +59,8 @@ pub fn build(
     mut opt: Opt,
     config: Config,
     config_path: Option<PathBuf>,
-) -> Result<Server, StartError> {
+    saved: SavedStateUse,
+) -> Result<Built, StartError> {
     opt.conf = None;
     let files = InstanceFiles::new(&config.server.pid_file);
     let grace = Duration::from_secs(
@@ -56,9 +75,19 @@ pub fn build(
     let reload =
         config_path.map(|path| Arc::new(ReloadService::new(routing.clone(), path, &config)));
     let listen = config.lb.listen.clone();
+    let upgrade_sock = config.server.upgrade_sock.clone();
+    let phase = Phase::default();
+    let table = ListenerTable::default();
 
     let mut server = Server::new_with_opt_and_conf(Some(opt), config.server);
     let bootstrap = server.bootstrap_as_a_service();
+    let handover = server.add_service(HandoverService::new(
+        files.clone(),
+        routing.clone(),
+        saved,
+        table.clone(),
+    ));
+    handover.add_dependency(&bootstrap);
     let health = server.add_service(background_service(
         "health checks",
         HealthService::new(routing.clone(), || notify_upgrader(UpgradeStage::Checked)),
@@ -89,24 +118,47 @@ pub fn build(
     }
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&bootstrap);
+    proxy.add_dependency(&handover);
     proxy.add_dependency(&health);
 
     if let Some(addr) = admin_listen {
+        let state_files = files.clone();
+        let on_change = move |routing: &crate::balancer::Routing| {
+            if let Err(e) = state_files.write_state(&routing.registry.snapshot()) {
+                log::error!(
+                    "cannot save the runtime state to {}: {e} (this change would not survive an upgrade)",
+                    state_files.state_file.display()
+                );
+            }
+        };
         let mut admin = Service::new(
             "admin".to_string(),
-            AdminApp::new(routing, in_flight.clone()),
+            AdminApp::new(
+                routing.clone(),
+                in_flight.clone(),
+                phase.clone(),
+                Arc::new(on_change),
+            ),
         );
         admin.add_tcp(&addr.to_string());
         let admin = server.add_service(admin);
         admin.add_dependency(&bootstrap);
+        admin.add_dependency(&handover);
     }
 
+    let signals = Signals {
+        files: files.clone(),
+        routing: routing.clone(),
+        phase: phase.clone(),
+        table,
+        upgrade_sock,
+    };
     let lifecycle = server.add_service(background_service(
         "lifecycle",
-        LifecycleService::new(files, reload, in_flight, grace, routing_for_exit),
+        LifecycleService::new(files, reload, in_flight, grace, routing_for_exit, phase),
     ));
     lifecycle.add_dependency(&proxy);
-    Ok(server)
+    Ok(Built { server, signals })
 }
 
 /// pingora's own buffers of client connections are off: they are allocated at accept and held

@@ -62,12 +62,22 @@ impl<A> ClientApp<A> {
     }
 
     /// Waits until the client sends the first byte of a request. False when the client closed
-    /// the connection, stayed idle past the timeout, or the service is shutting down.
-    async fn wait_for_request(&self, stream: &mut Stream) -> bool {
+    /// the connection, stayed idle past the timeout, or (for a kept-alive connection, `reused`)
+    /// the service is shutting down. A connection accepted just before the listeners closed
+    /// still gets its first request served: its client has sent it already, or is about to, and
+    /// would see a reset otherwise (as on the old process of an upgrade).
+    async fn wait_for_request(&self, stream: &mut Stream, reused: bool) -> bool {
         // Created before the flag is read: `notify_waiters` wakes a `Notified` from its creation
         // on, and `cleanup` sets the flag before notifying, so no shutdown is missed.
-        let shutdown = self.shutdown.notified();
-        if self.shutting_down.load(Ordering::Acquire) {
+        let notified = self.shutdown.notified();
+        let shutdown = async {
+            if reused {
+                notified.await
+            } else {
+                std::future::pending().await
+            }
+        };
+        if reused && self.shutting_down.load(Ordering::Acquire) {
             return false;
         }
         // Neither is registered until polled: a request that is already there costs nothing.
@@ -151,13 +161,15 @@ where
 
         let mut stream: Stream = Box::new(WriteBuffered::new(stream, WRITE_BUFFER));
         let mut settings: Option<HttpPersistentSettings> = None;
+        let mut reused = false;
         loop {
-            if !self.wait_for_request(&mut stream).await {
+            if !self.wait_for_request(&mut stream, reused).await {
                 return None;
             }
             let session = self.session(stream, settings.take(), limit, shutdown);
-            let reused = self.inner.process_new_http(session, shutdown).await?;
-            (stream, settings) = reused.consume();
+            let next = self.inner.process_new_http(session, shutdown).await?;
+            (stream, settings) = next.consume();
+            reused = true;
         }
     }
 

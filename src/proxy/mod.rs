@@ -393,9 +393,29 @@ impl ProxyHttp for LbProxy {
             && ctx.may_retry();
         if retry {
             ctx.count_retry();
+            log::warn!(
+                "upstream {} failed ({}); trying another upstream",
+                peer._address,
+                match outcome {
+                    Outcome::Timeout => "timeout".to_string(),
+                    _ => format!("connection broken: {}", describe_error(&e)),
+                }
+            );
         }
         e.set_retry(retry);
         e
+    }
+
+    /// Every retried attempt is logged above, once, with its reason; pingora's own line for it
+    /// would say the same again.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        matches!(context, pingora::proxy::ProxyWarnLogContext::UpstreamRetry)
     }
 
     async fn fail_to_proxy(

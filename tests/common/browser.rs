@@ -113,6 +113,28 @@ impl Browser {
         })
     }
 
+    /// Resizes the window so that the page's viewport is `width` × `height` CSS pixels.
+    pub fn set_viewport(&self, width: u32, height: u32) -> Result<(), String> {
+        let (mut w, mut h) = (width, height);
+        for _ in 0..3 {
+            self.runtime
+                .block_on(self.client().set_window_size(w, h))
+                .map_err(|e| format!("resize to {w}×{h}: {e}"))?;
+            let inner = self.eval("return [window.innerWidth, window.innerHeight];")?;
+            let (iw, ih) = (
+                inner[0].as_u64().unwrap_or(0) as u32,
+                inner[1].as_u64().unwrap_or(0) as u32,
+            );
+            if iw == width && ih == height {
+                return Ok(());
+            }
+            // Whatever the window's frame takes, the viewport gets the rest.
+            w = (w + width).saturating_sub(iw);
+            h = (h + height).saturating_sub(ih);
+        }
+        Err(format!("could not size the viewport to {width}×{height}"))
+    }
+
     pub fn screenshot_png(&self, path: &Path) -> Result<(), String> {
         let png = self
             .runtime
