@@ -124,9 +124,13 @@ impl Registry {
         let wall = unix_ms(SystemTime::now());
         for entry in &saved.upstreams {
             let Some(state) = self.state_of(&entry.pool, entry.addr) else {
+                let name = if entry.pool == crate::config::DEFAULT_POOL {
+                    entry.addr.to_string()
+                } else {
+                    format!("{} (pool {})", entry.addr, entry.pool)
+                };
                 lines.push(format!(
-                    "{} (pool {}): not in the configuration any more, its saved state is dropped",
-                    entry.addr, entry.pool
+                    "{name}: not in the configuration any more, its saved state is dropped"
                 ));
                 continue;
             };
@@ -186,7 +190,10 @@ mod tests {
     #[test]
     fn admin_actions_weights_and_ejections_round_trip() {
         let old = Registry::new();
-        let states = old.members("default", &[upstream(1), upstream(2), upstream(3), upstream(4)]);
+        let states = old.members(
+            "default",
+            &[upstream(1), upstream(2), upstream(3), upstream(4)],
+        );
         states[0].set_admin(AdminState::Draining, "drained for maintenance");
         states[1].set_admin(AdminState::Disabled, "disabled through the admin API");
         states[2].set_weight_override(Some(5));
@@ -199,7 +206,10 @@ mod tests {
 
         // The new process knows 1, 2, 3 and a new one, 5; 4 is gone.
         let new = Registry::new();
-        let fresh = new.members("default", &[upstream(1), upstream(2), upstream(3), upstream(5)]);
+        let fresh = new.members(
+            "default",
+            &[upstream(1), upstream(2), upstream(3), upstream(5)],
+        );
         let lines = new.restore(&read);
         assert_eq!(fresh[0].admin(), AdminState::Draining);
         assert_eq!(fresh[0].last_change().reason, "drained for maintenance");
