@@ -10,6 +10,7 @@ use common::client::{request, Response};
 use common::lb_conf::LbConf;
 use common::lb_process::{lb_command, Lb, TempDir};
 use common::load::Load;
+use common::raw::send_raw;
 
 fn send(addr: SocketAddr, method: &str, host: &str, path: &str) -> Response {
     request(method, addr, path)
@@ -147,6 +148,34 @@ fn hosts_paths_actions_and_header_rules() {
         Some("web")
     );
     assert_eq!((a.requests(), w.requests(), s.requests()), (4, 3, 2));
+}
+
+#[test]
+fn a_path_with_dot_segments_cannot_slip_past_a_route() {
+    let (a, w, s) = (
+        Backend::start("api"),
+        Backend::start("web"),
+        Backend::start("static"),
+    );
+    let lb = Lb::start(three_sites(&a, &w, &s));
+    // `/admin/` is guarded by a header condition; `/x/../admin/` must not reach a pool.
+    for path in [
+        "/x/../admin/secret",
+        "/x/%2e%2e/admin/secret",
+        "/./admin/secret",
+    ] {
+        let r = send_raw(
+            lb.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 400, "{path}");
+    }
+    assert_eq!(a.requests() + w.requests() + s.requests(), 0);
+    // A dotfile is a name, not a dot segment.
+    let r = get(lb.addr, "www.example.com", "/.well-known/x");
+    assert_eq!(r.backend().as_deref(), Some("web"));
 }
 
 #[test]

@@ -155,6 +155,20 @@ impl RouteTable {
     }
 }
 
+/// Whether `path` has a `.` or `..` segment (also percent-encoded). Such a path would be matched
+/// as written but resolved by the upstream, so `/public/../admin/` could reach what a route on
+/// `/admin/` guards: lb refuses it rather than guess how the upstream resolves it. Browsers
+/// resolve dot segments before sending, so real clients never send one.
+pub(crate) fn has_dot_segment(path: &str) -> bool {
+    if !path.contains("/.") && !path.contains("%2") {
+        return false;
+    }
+    path.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 /// The host of a Host header or authority: without port, without a trailing dot.
 fn host_name(host: &str) -> &str {
     let host = host.trim();
@@ -225,6 +239,16 @@ mod tests {
         assert_eq!(pool_of(&table, None, "/v2/users"), Some(3));
         assert_eq!(pool_of(&table, Some("[::1]:80"), "/ping"), Some(2));
         assert_eq!(pool_of(&table, Some("other.org."), "/nothing"), None);
+    }
+
+    #[test]
+    fn dot_segments_are_found_and_dotfiles_are_not() {
+        assert!(has_dot_segment("/public/../admin/"));
+        assert!(has_dot_segment("/a/%2E%2e/b"));
+        assert!(has_dot_segment("/a/."));
+        assert!(!has_dot_segment("/.well-known/acme-challenge/x"));
+        assert!(!has_dot_segment("/a/b.c/..d"));
+        assert!(!has_dot_segment("/plain/path"));
     }
 
     #[test]

@@ -22,13 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::balancer::routes::Route;
+use crate::balancer::routes::{has_dot_segment, Route};
 use crate::balancer::selection::Pool;
 use crate::balancer::{passive, Lease, Routing, SharedRouting};
 use crate::config::{RouteAction, Selection};
@@ -190,6 +191,17 @@ impl ProxyHttp for LbProxy {
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        if has_dot_segment(req.uri.path()) {
+            respond::send(
+                session,
+                400,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"400 Bad Request: the path has a . or .. segment\n"),
+                None,
+            )
+            .await?;
+            return Ok(true);
+        }
         let found = ctx
             .routing
             .routes
