@@ -35,6 +35,63 @@ pub(crate) struct RawLb {
     pub(crate) queue: RawQueue,
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub(crate) limits: RawLimits,
+}
+
+/// `lb.limits`: what one client connection or request may use.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub(crate) max_header_bytes: Option<ByteSize>,
+    pub(crate) max_headers: Option<usize>,
+    pub(crate) max_body_bytes: Option<ByteSize>,
+    pub(crate) max_client_connections: Option<usize>,
+}
+
+/// A size in bytes: a number, or a number with `k`/`KiB`, `m`/`MiB` or `g`/`GiB`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByteSize(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size in bytes such as 65536, 64KiB or 10MiB")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_byte_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// Parses `65536`, `64k`, `64KiB`, `10m`, `10MiB`, `1g`, `1GiB` (powers of 1024).
+pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "invalid size `{}`: expected e.g. 65536, 64KiB or 10MiB",
+            super::values::cut(text)
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor).ok_or_else(bad)
 }
 
 #[derive(Deserialize)]
@@ -134,6 +191,8 @@ pub(crate) struct RawTimeouts {
     pub(crate) read: Option<DurationValue>,
     pub(crate) write: Option<DurationValue>,
     pub(crate) idle: Option<DurationValue>,
+    pub(crate) client_header: Option<DurationValue>,
+    pub(crate) client_body: Option<DurationValue>,
 }
 
 #[derive(Deserialize, Default)]

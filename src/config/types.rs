@@ -296,6 +296,38 @@ impl PoolConfig {
     }
 }
 
+/// What a client may take: time for its request header and body, sizes, connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The whole request header must arrive within this (from its first byte); else the
+    /// connection is closed. Also bounds how long a new connection may stay silent.
+    pub header_timeout: Duration,
+    /// The longest pause between two reads of a request body; exceeded → 408 and close.
+    pub body_timeout: Duration,
+    /// A request header larger than this is answered 431.
+    pub max_header_bytes: usize,
+    /// A request with more header lines than this is answered 431.
+    pub max_headers: usize,
+    /// A request body larger than this is answered 413; `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// Open client connections beyond this are closed at once; `None`: derived from the
+    /// file-descriptor limit at start.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: None,
+            max_connections: None,
+        }
+    }
+}
+
 /// The validated `lb:` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbConfig {
@@ -305,6 +337,8 @@ pub struct LbConfig {
     pub admin: Option<AdminConfig>,
     /// Off when `None`.
     pub access_log: Option<AccessLogSettings>,
+    /// `lb.timeouts.client_*` and `lb.limits`.
+    pub client: ClientLimits,
 }
 
 impl LbConfig {
@@ -322,6 +356,7 @@ impl LbConfig {
             pool: PoolConfig::with_defaults(upstreams),
             admin: None,
             access_log: None,
+            client: ClientLimits::default(),
         }
     }
 }

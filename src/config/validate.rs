@@ -17,6 +17,7 @@ impl RawLb {
     /// Validates the whole section against the pingora settings it runs under.
     pub(crate) fn validate(self, server: &ServerConf) -> Result<LbConfig, ConfigError> {
         let listen = validate_listen(self.listen)?;
+        let client = validate_client(&self.timeouts, &self.limits)?;
         let pool = PoolConfig {
             upstreams: validate_upstreams(self.upstreams)?,
             selection: self.selection,
@@ -42,8 +43,70 @@ impl RawLb {
             pool,
             admin,
             access_log,
+            client,
         })
     }
+}
+
+/// pingora reads at most this many header lines; more are a 400 before lb sees the request.
+const PINGORA_MAX_HEADERS: usize = 256;
+/// pingora reads at most this many header bytes (1 MiB).
+const PINGORA_MAX_HEADER_BYTES: u64 = 1_048_575;
+
+fn validate_client(t: &RawTimeouts, l: &RawLimits) -> Result<ClientLimits, ConfigError> {
+    let defaults = ClientLimits::default();
+    let max_header_bytes = match l.max_header_bytes {
+        None => defaults.max_header_bytes,
+        Some(ByteSize(n)) if (1024..=PINGORA_MAX_HEADER_BYTES).contains(&n) => n as usize,
+        Some(ByteSize(n)) => {
+            return Err(ConfigError::invalid(
+                "lb.limits.max_header_bytes",
+                format!("{n} is out of range: 1KiB to 1MiB - 1 (1048575)"),
+            ))
+        }
+    };
+    let max_headers = match l.max_headers {
+        None => defaults.max_headers,
+        Some(n) if (1..=PINGORA_MAX_HEADERS).contains(&n) => n,
+        Some(n) => {
+            return Err(ConfigError::invalid(
+                "lb.limits.max_headers",
+                format!("{n} is out of range: 1 to {PINGORA_MAX_HEADERS}"),
+            ))
+        }
+    };
+    let max_body_bytes = match l.max_body_bytes {
+        None => None,
+        Some(ByteSize(0)) => {
+            return Err(ConfigError::invalid(
+                "lb.limits.max_body_bytes",
+                "must be at least 1 (leave it out for no limit)",
+            ))
+        }
+        Some(ByteSize(n)) => Some(n),
+    };
+    let max_connections =
+        match l.max_client_connections {
+            Some(0) => return Err(ConfigError::invalid(
+                "lb.limits.max_client_connections",
+                "must be at least 1 (leave it out for a limit derived from the open-files limit)",
+            )),
+            other => other,
+        };
+    Ok(ClientLimits {
+        header_timeout: non_zero(
+            "lb.timeouts.client_header",
+            t.client_header.map_or(defaults.header_timeout, |d| d.0),
+        )?,
+        body_timeout: non_zero(
+            "lb.timeouts.client_body",
+            t.client_body.map_or(defaults.body_timeout, |d| d.0),
+        )?,
+        max_header_bytes,
+        max_headers,
+        max_body_bytes,
+        max_connections,
+    })
 }
 
 fn validate_listen(raw: Option<Vec<String>>) -> Result<Vec<SocketAddr>, ConfigError> {

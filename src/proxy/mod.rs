@@ -15,6 +15,7 @@ mod errors;
 mod forwarding;
 mod in_flight;
 mod request_key;
+mod strict;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::config::Selection;
 use crate::observe::access_log::AccessEntry;
 use crate::outcome::{describe_error, Outcome};
 
-pub(crate) use client::ClientApp;
+pub(crate) use client::{ClientApp, ClientConnections, ConnState};
 pub(crate) use in_flight::{InFlight, InFlightGuard};
 
 /// The load-balancing proxy.
@@ -65,6 +66,8 @@ pub(crate) struct RequestCtx {
     pub(crate) started: Instant,
     /// Retries made for this request.
     pub(crate) retries: u32,
+    /// Request body bytes received so far (for `lb.limits.max_body_bytes`).
+    body_bytes: u64,
     _in_flight: InFlightGuard,
 }
 
@@ -140,6 +143,7 @@ impl ProxyHttp for LbProxy {
             upstream_time: None,
             started: Instant::now(),
             retries: 0,
+            body_bytes: 0,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -149,9 +153,58 @@ impl ProxyHttp for LbProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        session.set_keepalive(Some(ctx.routing.config.pool.timeouts.idle.as_secs().max(1)));
+        // A connection that is draining (graceful stop or upgrade) keeps `Connection: close`.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(ctx.routing.config.pool.timeouts.idle.as_secs().max(1)));
+        }
+        let client = &ctx.routing.config.client;
+        // The longest pause between two reads of the request body.
+        session.set_read_timeout(Some(client.body_timeout));
+        let header_bytes = session
+            .as_http1()
+            .map_or(0, |s| s.get_headers_raw_bytes().len());
+        if let Err(refusal) = strict::check_request(session.req_header(), header_bytes, client) {
+            return Err(errors::refuse(ctx.routing.registry.metrics(), refusal));
+        }
         ctx.routing.registry.retry_budget.record_request();
         Ok(())
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        connection: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        // Called once the request header is read: its deadline is off.
+        if let Ok(conn) = connection.downcast::<Arc<ConnState>>() {
+            conn.header_done();
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(max), Some(chunk)) = (ctx.routing.config.client.max_body_bytes, body) {
+            ctx.body_bytes = ctx.body_bytes.saturating_add(chunk.len() as u64);
+            if ctx.body_bytes > max {
+                return Err(errors::refuse(
+                    ctx.routing.registry.metrics(),
+                    strict::BODY_TOO_LARGE,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // Refused requests are counted (lb_client_rejected_total), not logged one by one: a
+        // hostile client must not be able to flood the log.
+        errors::is_refusal(e)
     }
 
     async fn upstream_peer(
