@@ -203,8 +203,8 @@ fn ambiguous_and_oversized_requests_are_refused_and_never_forwarded() {
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
     );
     let status = status_of(lb.addr, chunked.as_bytes());
-    // The part within the limit was streamed already: the request is cut, the upstream never
-    // gets the whole body, and the client a 4xx (413 unless the upstream answered first).
+    // The part within the limit was streamed already: the request is cut and the upstream
+    // never gets the whole body.
     assert!(
         (400..500).contains(&status),
         "chunked over the limit: {status}"
@@ -293,4 +293,58 @@ fn connection_flood_beyond_the_limit_is_closed_at_once_and_others_are_served() {
     }
     assert!(!lb.log().contains("DOWN"), "{}", lb.log());
     lb.expect_log("max_client_connections");
+}
+
+#[test]
+fn running_out_of_file_descriptors_never_marks_an_upstream_down() {
+    use std::os::unix::process::CommandExt;
+    let a = Backend::start("a");
+    let dir = TempDir::new();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // A connection limit far above what 128 file descriptors allow: accepts and health checks
+    // run out of descriptors (EMFILE).
+    let extra = format!("  limits:\n    max_client_connections: 10000\n{FAST_CHECKS}");
+    let config = config_yaml(&dir.0, addr, &[a.addr.to_string()], &extra);
+    let lb = Lb::start_in_with(dir, addr, &config, |command| {
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 128,
+                    rlim_max: 128,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let mut client = KeepAliveClient::new(lb.addr);
+    assert_eq!(client.get("/before").unwrap().status, 200);
+    lb.expect_log("is UP");
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(lb.addr).ok())
+        .collect();
+    // Several health-check rounds (100 ms apart, 2 failures take an upstream out) while every
+    // descriptor is taken; the client that was there keeps its connection and is served.
+    assert!(
+        wait_until(Duration::from_secs(10), || lb
+            .log()
+            .contains("local shortage")),
+        "no health check ran short of descriptors: {}",
+        lb.log()
+    );
+    for i in 0..10 {
+        let r = client.get(&format!("/during/{i}")).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(flood);
+    assert!(!lb.log().contains("is DOWN"), "{}", lb.log());
+    // Once the flood is gone, new connections are served again.
+    assert!(wait_until(Duration::from_secs(10), || try_get(
+        lb.addr, "/after"
+    )
+    .is_ok_and(|r| r.status == 200)));
 }

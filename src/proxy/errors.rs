@@ -49,7 +49,7 @@ fn find_refusal(e: &Error) -> Option<Refusal> {
         if let Some(r) = cause.downcast_ref::<RefusalCause>() {
             return Some(r.0);
         }
-        current = cause.downcast_ref::<Error>()?;
+        current = crate::outcome::as_pingora_error(cause.as_ref())?;
     }
     None
 }

@@ -31,7 +31,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::balancer::{passive, Lease, Routing, SharedRouting};
 use crate::config::Selection;
 use crate::observe::access_log::AccessEntry;
-use crate::outcome::{describe_error, Outcome};
+use crate::outcome::{describe_error, is_local_resource_error, Outcome};
 
 pub(crate) use client::{ClientApp, ClientConnections, ConnState};
 pub(crate) use in_flight::{InFlight, InFlightGuard};
@@ -310,6 +310,18 @@ impl ProxyHttp for LbProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let reason = describe_error(&e);
+        if is_local_resource_error(&e) {
+            // lb is short of file descriptors or buffers: not the upstream's fault, so neither
+            // its statistics nor passive health count it, and no other upstream would fare
+            // better now.
+            ctx.attempt_recorded = true;
+            log::warn!(
+                "cannot connect to upstream {}: {reason} (a local shortage, not counted against it)",
+                peer._address
+            );
+            e.set_retry(false);
+            return e;
+        }
         ctx.record_attempt(Outcome::ConnectFailure, || format!("connect: {reason}"));
         // Nothing of the request reached the upstream, so any request may go elsewhere.
         if ctx

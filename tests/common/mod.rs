@@ -363,18 +363,29 @@ impl Lb {
 
     /// Starts `lb` on a config file written into `dir`.
     pub fn start_in(dir: TempDir, addr: SocketAddr, config: &str) -> Lb {
+        Self::start_in_with(dir, addr, config, |_| {})
+    }
+
+    /// Starts `lb` on a config file written into `dir`, its command adjusted by `customize`.
+    pub fn start_in_with(
+        dir: TempDir,
+        addr: SocketAddr,
+        config: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Lb {
         let conf_path = dir.0.join("lb.yaml");
         std::fs::write(&conf_path, config).unwrap();
         let log_path = dir.0.join("lb.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(lb_binary())
+        let mut command = Command::new(lb_binary());
+        command
             .arg("-c")
             .arg(&conf_path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("lb did not start");
+            .stderr(log);
+        customize(&mut command);
+        let child = command.spawn().expect("lb did not start");
         let mut lb = Lb {
             addr,
             child,
