@@ -9,7 +9,7 @@ use pingora::server::configuration::ServerConf;
 
 use super::raw::*;
 use super::types::*;
-use super::values::{non_zero, parse_hash_key, resolve};
+use super::values::{cut, non_zero, parse_hash_key, resolve};
 use super::ConfigError;
 use crate::outcome::OutcomeSet;
 
@@ -123,18 +123,22 @@ fn validate_listen(raw: Option<Vec<String>>) -> Result<Vec<SocketAddr>, ConfigEr
         ));
     }
     let mut listen = Vec::with_capacity(listen_raw.len());
+    let mut seen = std::collections::HashSet::with_capacity(listen_raw.len());
     for (i, text) in listen_raw.iter().enumerate() {
         let key = format!("lb.listen[{i}]");
         let addr: SocketAddr = text.trim().parse().map_err(|_| {
             ConfigError::invalid(
                 &key,
-                format!("invalid address `{text}`: write ip:port, e.g. 0.0.0.0:80 or [::]:80"),
+                format!(
+                    "invalid address `{}`: write ip:port, e.g. 0.0.0.0:80 or [::]:80",
+                    cut(text)
+                ),
             )
         })?;
-        if listen.contains(&addr) {
+        if !seen.insert(addr) {
             return Err(ConfigError::invalid(
                 key,
-                format!("`{text}` is listed twice"),
+                format!("`{}` is listed twice", cut(text)),
             ));
         }
         listen.push(addr);
@@ -180,7 +184,11 @@ fn validate_upstreams(raw: Option<Vec<RawUpstream>>) -> Result<Vec<Upstream>, Co
             let other: &Upstream = &upstreams[other];
             return Err(ConfigError::invalid(
                 format!("lb.upstreams[{i}]"),
-                format!("`{}` is the same upstream as `{}`", raw.addr, other.name),
+                format!(
+                    "`{}` is the same upstream as `{}`",
+                    cut(&raw.addr),
+                    cut(&other.name)
+                ),
             ));
         }
         seen.insert(addr, upstreams.len());

@@ -43,8 +43,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(bad()),
     };
+    // Longer would overflow timers (a deadline is "now + duration") and means nothing here.
+    if duration > MAX_DURATION {
+        return Err(format!("duration `{}` is too long: at most 24h", cut(text)));
+    }
     Ok(duration)
 }
+
+/// The longest duration accepted anywhere in the file.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 pub(crate) fn parse_hash_key(text: &str) -> Result<HashKey, String> {
     match text.trim() {
