@@ -348,3 +348,27 @@ fn running_out_of_file_descriptors_never_marks_an_upstream_down() {
     )
     .is_ok_and(|r| r.status == 200)));
 }
+
+#[test]
+fn requests_over_the_per_client_rate_get_429_with_retry_after() {
+    let a = Backend::start("a");
+    let lb = Lb::start(
+        &[a.addr.to_string()],
+        "  limits:\n    rate: { per_client_ip: 1/s, burst: 5 }\n",
+    );
+    let statuses: Vec<Response> = (0..10).map(|i| lb.get(&format!("/r/{i}"))).collect();
+    let ok = statuses.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<&Response> = statuses.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + limited.len(), 10);
+    // The burst, and perhaps a token refilled while the requests were made.
+    assert!((5..=7).contains(&ok), "{ok} served");
+    for r in limited {
+        assert!(
+            r.header("retry-after")
+                .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert_eq!(a.requests(), ok, "limited requests never reach the backend");
+}

@@ -47,6 +47,52 @@ pub(crate) struct RawLimits {
     pub(crate) max_headers: Option<usize>,
     pub(crate) max_body_bytes: Option<ByteSize>,
     pub(crate) max_client_connections: Option<usize>,
+    pub(crate) rate: Option<RawRate>,
+}
+
+/// `lb.limits.rate`: requests per second per client address, and the burst above it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRate {
+    pub(crate) per_client_ip: RateValue,
+    pub(crate) burst: Option<u32>,
+}
+
+/// A rate: `100/s`, `6000/m`, or a number (per second).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateValue(pub(crate) f64);
+
+impl<'de> Deserialize<'de> for RateValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RateVisitor;
+        impl Visitor<'_> for RateVisitor {
+            type Value = RateValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate such as 100/s or 600/m")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RateValue, E> {
+                Ok(RateValue(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RateValue, E> {
+                let bad = || {
+                    E::custom(format!(
+                        "invalid rate `{}`: expected e.g. 100/s or 600/m",
+                        super::values::cut(v)
+                    ))
+                };
+                let (n, unit) = v.trim().split_once('/').ok_or_else(bad)?;
+                let n: u64 = n.trim().parse().map_err(|_| bad())?;
+                let per = match unit.trim() {
+                    "s" => 1.0,
+                    "m" => 60.0,
+                    "h" => 3600.0,
+                    _ => return Err(bad()),
+                };
+                Ok(RateValue(n as f64 / per))
+            }
+        }
+        deserializer.deserialize_any(RateVisitor)
+    }
 }
 
 /// A size in bytes: a number, or a number with `k`/`KiB`, `m`/`MiB` or `g`/`GiB`.

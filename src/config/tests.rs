@@ -295,3 +295,35 @@ fn only_bounded_regular_files_are_read() {
     assert!(e.contains("16 MiB"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rate_limit_is_read_and_checked() {
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: 600/m, burst: 20 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.lb.client.rate,
+        Some(RateLimit {
+            per_second: 10.0,
+            burst: 20
+        })
+    );
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: 50 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.lb.client.rate.map(|r| r.burst), Some(50));
+    let e = err(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: 0/s }}\n"
+    ));
+    assert!(e.starts_with("lb.limits.rate.per_client_ip"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: fast }}\n"
+    ));
+    assert!(e.contains("invalid rate"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: 5/s, burst: 0 }}\n"
+    ));
+    assert!(e.starts_with("lb.limits.rate.burst"), "{e}");
+}

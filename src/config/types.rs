@@ -313,7 +313,19 @@ pub struct ClientLimits {
     /// Open client connections beyond this are closed at once; `None`: derived from the
     /// file-descriptor limit at start.
     pub max_connections: Option<usize>,
+    /// Requests per client address; `None`: no limit.
+    pub rate: Option<RateLimit>,
 }
+
+/// A token bucket per client address: `per_second` tokens a second, up to `burst` saved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+// Rates are finite and positive (checked at load), so equality is an equivalence.
+impl Eq for RateLimit {}
 
 impl Default for ClientLimits {
     fn default() -> Self {
@@ -324,6 +336,7 @@ impl Default for ClientLimits {
             max_headers: 100,
             max_body_bytes: None,
             max_connections: None,
+            rate: None,
         }
     }
 }

@@ -93,7 +93,29 @@ fn validate_client(t: &RawTimeouts, l: &RawLimits) -> Result<ClientLimits, Confi
             )),
             other => other,
         };
+    let rate = match &l.rate {
+        None => None,
+        Some(r) => {
+            let per_second = r.per_client_ip.0;
+            if !(per_second.is_finite() && per_second > 0.0 && per_second <= 1e9) {
+                return Err(ConfigError::invalid(
+                    "lb.limits.rate.per_client_ip",
+                    "must be above zero (e.g. 100/s)",
+                ));
+            }
+            // Default burst: one second's worth, at least 1.
+            let burst = r.burst.unwrap_or(per_second.ceil().max(1.0) as u32);
+            if burst == 0 {
+                return Err(ConfigError::invalid(
+                    "lb.limits.rate.burst",
+                    "must be at least 1",
+                ));
+            }
+            Some(RateLimit { per_second, burst })
+        }
+    };
     Ok(ClientLimits {
+        rate,
         header_timeout: non_zero(
             "lb.timeouts.client_header",
             t.client_header.map_or(defaults.header_timeout, |d| d.0),

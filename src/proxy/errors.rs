@@ -40,6 +40,23 @@ pub(super) fn refuse(metrics: &Metrics, refusal: Refusal) -> Box<Error> {
     e
 }
 
+/// The error for a request over `lb.limits.rate`: a 429 with `Retry-After`.
+pub(super) fn too_many_requests(metrics: &Metrics, retry_after: u64) -> Box<Error> {
+    let mut e = refuse(metrics, super::strict::TOO_MANY_REQUESTS);
+    e.set_context(format!("retry after {retry_after}s"));
+    e
+}
+
+/// The `Retry-After` seconds of a 429 refusal.
+fn retry_after(e: &Error) -> Option<u64> {
+    let context = e.context.as_ref()?.as_str();
+    context
+        .strip_prefix("retry after ")?
+        .strip_suffix('s')?
+        .parse()
+        .ok()
+}
+
 /// The refusal `e` carries, itself or in its causes (pingora may wrap a hook's error).
 fn find_refusal(e: &Error) -> Option<Refusal> {
     let mut current = e;
@@ -144,6 +161,10 @@ pub(super) async fn respond(session: &mut Session, e: &Error) -> u16 {
             let _ = resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
             let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
             let _ = resp.insert_header(header::CACHE_CONTROL, "no-store");
+            if status == 429 {
+                let seconds = retry_after(e).unwrap_or(1);
+                let _ = resp.insert_header(header::RETRY_AFTER, seconds);
+            }
             session.write_error_response(resp, body).await
         }
         Err(e) => Err(e),

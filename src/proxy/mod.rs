@@ -14,6 +14,7 @@ mod client;
 mod errors;
 mod forwarding;
 mod in_flight;
+mod rate_limit;
 mod request_key;
 mod strict;
 
@@ -40,11 +41,17 @@ pub(crate) use in_flight::{InFlight, InFlightGuard};
 pub(crate) struct LbProxy {
     routing: SharedRouting,
     in_flight: InFlight,
+    /// `lb.limits.rate`: kept across reloads.
+    rate: rate_limit::RateLimiter,
 }
 
 impl LbProxy {
     pub(crate) fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
-        LbProxy { routing, in_flight }
+        LbProxy {
+            routing,
+            in_flight,
+            rate: rate_limit::RateLimiter::default(),
+        }
     }
 }
 
@@ -165,6 +172,20 @@ impl ProxyHttp for LbProxy {
             .map_or(0, |s| s.get_headers_raw_bytes().len());
         if let Err(refusal) = strict::check_request(session.req_header(), header_bytes, client) {
             return Err(errors::refuse(ctx.routing.registry.metrics(), refusal));
+        }
+        if let Some(limit) = &client.rate {
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            if let Some(ip) = ip {
+                if let Err(retry_after) = self.rate.check(ip, limit, crate::clock::now_ms()) {
+                    return Err(errors::too_many_requests(
+                        ctx.routing.registry.metrics(),
+                        retry_after,
+                    ));
+                }
+            }
         }
         ctx.routing.registry.retry_budget.record_request();
         Ok(())

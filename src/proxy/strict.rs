@@ -39,6 +39,12 @@ pub(crate) const BODY_TOO_LARGE: Refusal = Refusal {
     message: "the request body is larger than this server accepts",
 };
 
+pub(crate) const TOO_MANY_REQUESTS: Refusal = Refusal {
+    status: 429,
+    reason: "rate",
+    message: "too many requests from this address; retry later",
+};
+
 /// Checks a parsed request header; `header_bytes` is its size as received.
 pub(crate) fn check_request(
     req: &RequestHeader,
