@@ -175,20 +175,17 @@ impl<A> ClientApp<A> {
         // deadline before notifying, so no shutdown is missed between the check and the wait.
         let shutdown = self.shutdown.notified();
         tokio::pin!(idle, shutdown);
-        let mut registered = false;
         let mut drain_end = self.drain_deadline.get().map(|&d| Box::pin(sleep_until(d)));
         let mut first = true;
         poll_fn(|cx| {
-            if first {
-                first = false;
-                if poll_readable(stream, cx).is_ready() {
-                    return Poll::Ready(Wait::Readable);
-                }
+            let first_poll = std::mem::replace(&mut first, false);
+            if first_poll && poll_readable(stream, cx).is_ready() {
+                return Poll::Ready(Wait::Readable);
             }
             // Woken by a timer, by shutdown, or else by the socket, whose only wake is
             // "readable" (data, end of stream or error; the session's read tells which).
             // Deciding on the wake itself saves a `read` system call per request. (On the first
-            // poll this registers the timers.)
+            // poll this registers the timers; the socket registered just above.)
             if idle.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wait::TimedOut);
             }
@@ -202,14 +199,18 @@ impl<A> ClientApp<A> {
                     return Poll::Ready(Wait::TimedOut);
                 }
             }
-            if shutdown_woke || !std::mem::replace(&mut registered, true) {
-                // Not (only) the socket's wake, or the first poll: the socket tells.
+            if shutdown_woke {
+                // Shutdown's wake, perhaps the socket's too: the socket tells.
                 return match poll_readable(stream, cx) {
                     Poll::Ready(_) => Poll::Ready(Wait::Readable),
                     Poll::Pending => Poll::Pending,
                 };
             }
-            Poll::Ready(Wait::Readable)
+            if first_poll {
+                Poll::Pending
+            } else {
+                Poll::Ready(Wait::Readable)
+            }
         })
         .await
     }

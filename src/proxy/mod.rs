@@ -5,7 +5,10 @@
 //! - [`forwarding`]: the forwarding headers and the hop-by-hop headers;
 //! - [`errors`]: lb's own error kinds and the short responses sent for them;
 //! - [`request_key`]: what a request hashes on for `consistent_hash`;
-//! - [`client`]: the client-connection wrapper that keeps idle keep-alive connections lean;
+//! - [`client`]: the client-connection wrapper that keeps idle keep-alive connections lean and
+//!   enforces the connection limit, the header deadline, pipelining order and the drain;
+//! - [`strict`]: what a request header may not be (ambiguous framing, no Host, over a limit);
+//! - [`rate_limit`]: the per-client-address token buckets of `lb.limits.rate`;
 //! - [`in_flight`]: the count of requests being proxied.
 //!
 //! Depends on: [`crate::balancer`], [`crate::config`], [`crate::observe`], [`crate::outcome`].
