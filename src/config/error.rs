@@ -48,8 +48,10 @@ impl ConfigError {
     }
 }
 
-/// Longest run of text kept between quotes in a message.
-const RUN_LIMIT: usize = 80;
+/// Longest run of text kept between quotes in a message. Values lb echoes are already cut to
+/// 80 characters (and their length said) where they are named; this is the net for messages
+/// of the YAML library, a little wider so that it leaves those alone.
+const RUN_LIMIT: usize = 120;
 
 /// `text` on one line, each quoted run (between `` ` ``, `"` or `'`) and the whole cut so that
 /// a huge value is not echoed whole.
