@@ -413,8 +413,17 @@ impl ProxyHttp for LbProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::ReadTimedout {
+            // The client paused longer than `lb.timeouts.client_body` within its body.
+            ctx.routing
+                .registry
+                .metrics()
+                .client_rejected
+                .with_label_values(&["body_timeout"])
+                .inc();
+        }
         let status = errors::respond(session, e).await;
         FailToProxy {
             error_code: status,
