@@ -255,9 +255,10 @@ fn pipelined_requests_are_answered_in_order() {
 #[test]
 fn connection_flood_beyond_the_limit_is_closed_at_once_and_others_are_served() {
     let a = Backend::start("a");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let lb = Lb::start(
         &[a.addr.to_string()],
-        &format!("  limits:\n    max_client_connections: 20\n  admin:\n    listen: 127.0.0.1:{}\n{FAST_CHECKS}", free_port()),
+        &format!("  limits:\n    max_client_connections: 20\n  admin:\n    listen: {admin}\n{FAST_CHECKS}"),
     );
     let mut client = KeepAliveClient::new(lb.addr);
     assert_eq!(client.get("/first").unwrap().status, 200);
@@ -293,6 +294,19 @@ fn connection_flood_beyond_the_limit_is_closed_at_once_and_others_are_served() {
     }
     assert!(!lb.log().contains("DOWN"), "{}", lb.log());
     lb.expect_log("max_client_connections");
+    // Counted: the rejected ones, and the open ones (the first client and 19 of the flood).
+    let metrics = get(admin, "/metrics").text();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(
+        value("lb_client_connections_rejected_total ") >= 20.0,
+        "{metrics}"
+    );
+    assert_eq!(value("lb_client_connections "), 20.0, "{metrics}");
 }
 
 #[test]
