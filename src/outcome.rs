@@ -209,6 +209,44 @@ impl fmt::Display for OutcomeSet {
 
 /// A short, operator-readable reason for a pingora error ("connection refused", "timed out"),
 /// for logs and the health-check detail.
+/// Whether `e` failed for want of a local resource (file descriptors, buffers, memory, local
+/// ports): then it says nothing about the upstream, and must not count against its health.
+pub(crate) fn is_local_resource_error(e: &pingora::Error) -> bool {
+    const LOCAL: [i32; 5] = [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOBUFS,
+        libc::ENOMEM,
+        libc::EADDRNOTAVAIL,
+    ];
+    let mut cause = e.cause.as_deref();
+    // Bounded: pingora wraps an error a few times at most.
+    for _ in 0..8 {
+        let Some(c) = cause else { return false };
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error().is_some_and(|code| LOCAL.contains(&code));
+        }
+        match as_pingora_error(c) {
+            Some(inner) => cause = inner.cause.as_deref(),
+            None => break,
+        }
+    }
+    // A cause that was turned into text on the way still names the OS error.
+    let text = e.root_cause().to_string();
+    LOCAL
+        .iter()
+        .any(|code| text.contains(&format!("(os error {code})")))
+}
+
+/// `cause` as a pingora error: pingora keeps a wrapped error as `Box<Error>` (or `Error`).
+pub(crate) fn as_pingora_error<'a>(
+    cause: &'a (dyn std::error::Error + Send + Sync + 'static),
+) -> Option<&'a pingora::Error> {
+    cause
+        .downcast_ref::<pingora::Error>()
+        .or_else(|| cause.downcast_ref::<Box<pingora::Error>>().map(|b| &**b))
+}
+
 pub(crate) fn describe_error(e: &pingora::Error) -> String {
     use pingora::ErrorType;
     match e.etype() {
@@ -227,6 +265,24 @@ pub(crate) fn describe_error(e: &pingora::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_resource_errors_are_told_apart() {
+        let wrap = |code: i32| {
+            let mut e = pingora::Error::new(pingora::ErrorType::ConnectError);
+            e.set_cause(std::io::Error::from_raw_os_error(code));
+            e
+        };
+        assert!(is_local_resource_error(&wrap(libc::EMFILE)));
+        assert!(is_local_resource_error(&wrap(libc::ENOBUFS)));
+        assert!(!is_local_resource_error(&wrap(libc::ECONNREFUSED)));
+        let mut outer = pingora::Error::new(pingora::ErrorType::ConnectError);
+        outer.set_cause(wrap(libc::ENFILE));
+        assert!(is_local_resource_error(&outer));
+        assert!(!is_local_resource_error(&pingora::Error::new(
+            pingora::ErrorType::ConnectRefused
+        )));
+    }
 
     #[test]
     fn written_forms_round_trip_and_match() {

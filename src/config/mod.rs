@@ -46,18 +46,75 @@ pub struct Config {
     pub lb: LbConfig,
 }
 
+/// The largest configuration file read: a bigger one is refused before it is read.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a configuration file: only a regular file (not a directory, FIFO or device, which
+/// could block or never end) of at most [`MAX_FILE_BYTES`], in UTF-8.
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let invalid = |reason: String| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            reason,
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(read_error)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a FIFO, socket or device)"
+        };
+        return Err(invalid(format!("it is {kind}")));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(invalid(format!(
+            "it is {} bytes, above the limit of {MAX_FILE_BYTES} (16 MiB)",
+            meta.len()
+        )));
+    }
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded again while reading, should the file grow meanwhile.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(invalid(format!(
+            "it grew above the limit of {MAX_FILE_BYTES} bytes (16 MiB) while being read"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        invalid(format!(
+            "it is not UTF-8 text (byte {} is not)",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_file(path)?;
         Self::from_yaml(&text)
     }
 
-    /// Parses and validates a configuration document.
+    /// Parses and validates a configuration document. Every error is one line, and values
+    /// echoed in it are cut to about 80 characters.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text).map_err(ConfigError::tidy)
+    }
+
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        // A generic parse first: it refuses a key given twice in any mapping, which the
+        // top level (pingora's keys, gathered in a map) would otherwise let the last win.
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let document: Document =
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let lb = document.lb.ok_or_else(|| {

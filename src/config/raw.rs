@@ -23,6 +23,8 @@ pub(crate) struct RawLb {
     pub(crate) access_log: Option<RawAccessLog>,
     #[serde(default)]
     pub(crate) log_format: LogFormat,
+    #[serde(default)]
+    pub(crate) limits: RawLimits,
     pub(crate) pools: Option<RawPools>,
     pub(crate) routes: Option<Vec<RawRoute>>,
     // Pool keys, as in `RawPool` (serde cannot flatten into a struct that denies unknown keys).
@@ -35,6 +37,107 @@ pub(crate) struct RawLb {
     pub(crate) passive_health: Option<RawPassiveHealth>,
     pub(crate) slow_start: Option<DurationValue>,
     pub(crate) queue: Option<RawQueue>,
+}
+
+/// `lb.limits`: what one client connection or request may use.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub(crate) max_header_bytes: Option<ByteSize>,
+    pub(crate) max_headers: Option<usize>,
+    pub(crate) max_body_bytes: Option<ByteSize>,
+    pub(crate) max_client_connections: Option<usize>,
+    pub(crate) rate: Option<RawRate>,
+}
+
+/// `lb.limits.rate`: requests per second per client address, and the burst above it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRate {
+    pub(crate) per_client_ip: RateValue,
+    pub(crate) burst: Option<u32>,
+}
+
+/// A rate: `100/s`, `6000/m`, or a number (per second).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateValue(pub(crate) f64);
+
+impl<'de> Deserialize<'de> for RateValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RateVisitor;
+        impl Visitor<'_> for RateVisitor {
+            type Value = RateValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate such as 100/s or 600/m")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RateValue, E> {
+                Ok(RateValue(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RateValue, E> {
+                let bad = || {
+                    E::custom(format!(
+                        "invalid rate `{}`: expected e.g. 100/s or 600/m",
+                        super::values::cut(v)
+                    ))
+                };
+                let (n, unit) = v.trim().split_once('/').ok_or_else(bad)?;
+                let n: u64 = n.trim().parse().map_err(|_| bad())?;
+                let per = match unit.trim() {
+                    "s" => 1.0,
+                    "m" => 60.0,
+                    "h" => 3600.0,
+                    _ => return Err(bad()),
+                };
+                Ok(RateValue(n as f64 / per))
+            }
+        }
+        deserializer.deserialize_any(RateVisitor)
+    }
+}
+
+/// A size in bytes: a number, or a number with `k`/`KiB`, `m`/`MiB` or `g`/`GiB`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByteSize(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size in bytes such as 65536, 64KiB or 10MiB")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_byte_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// Parses `65536`, `64k`, `64KiB`, `10m`, `10MiB`, `1g`, `1GiB` (powers of 1024).
+pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "invalid size `{}`: expected e.g. 65536, 64KiB or 10MiB",
+            super::values::cut(text)
+        )
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor).ok_or_else(bad)
 }
 
 impl RawLb {
@@ -124,6 +227,8 @@ impl Merge for RawTimeouts {
             read: self.read.or(d.read),
             write: self.write.or(d.write),
             idle: self.idle.or(d.idle),
+            client_header: self.client_header.or(d.client_header),
+            client_body: self.client_body.or(d.client_body),
         }
     }
 }
@@ -342,6 +447,9 @@ pub(crate) struct RawTimeouts {
     pub(crate) read: Option<DurationValue>,
     pub(crate) write: Option<DurationValue>,
     pub(crate) idle: Option<DurationValue>,
+    /// Client side, `lb:` level only.
+    pub(crate) client_header: Option<DurationValue>,
+    pub(crate) client_body: Option<DurationValue>,
 }
 
 #[derive(Deserialize, Default, Clone)]

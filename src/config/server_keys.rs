@@ -46,6 +46,7 @@ pub(crate) fn server_conf_from(
     let mut conf: ServerConf = serde_yaml_ng::from_value(serde_yaml_ng::Value::Mapping(mapping))
         .map_err(|e| ConfigError::Syntax(e.to_string()))?;
     apply_lb_server_defaults(&mut conf, &present);
+    check_start_values(&conf)?;
     conf.validate()
         .map_err(|e| ConfigError::Syntax(format!("pingora server settings: {e}")))
 }
@@ -132,13 +133,90 @@ fn apply_lb_server_defaults(conf: &mut ServerConf, present: &BTreeSet<String>) {
         .get_or_insert(UPGRADE_SOCK_RETRIES);
 }
 
+/// Most threads per service: more would exhaust the process before serving anything.
+const MAX_THREADS: usize = 1024;
+/// The longest grace period and shutdown timeout accepted (a day).
+const MAX_SHUTDOWN_SECONDS: u64 = 86_400;
+/// The longest path a Unix socket address holds (`sun_path`, less the final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Values pingora accepts in its file but that would panic or hang at start (pingora's own
+/// `validate` checks only a few).
+fn check_start_values(conf: &ServerConf) -> Result<(), ConfigError> {
+    let range = |key: &str, value: usize, min: usize, max: usize| {
+        if (min..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(
+                key,
+                format!("{value} is out of range: {min} to {max}"),
+            ))
+        }
+    };
+    range("threads", conf.threads, 1, MAX_THREADS)?;
+    range("listener_tasks_per_fd", conf.listener_tasks_per_fd, 1, 64)?;
+    range("max_retries", conf.max_retries, 1, 100)?;
+    for (key, value) in [
+        (
+            "upstream_connect_offload_threadpools",
+            conf.upstream_connect_offload_threadpools,
+        ),
+        (
+            "upstream_connect_offload_thread_per_pool",
+            conf.upstream_connect_offload_thread_per_pool,
+        ),
+        (
+            "downstream_tls_offload_threadpools",
+            conf.downstream_tls_offload_threadpools,
+        ),
+        (
+            "downstream_tls_offload_thread_per_pool",
+            conf.downstream_tls_offload_thread_per_pool,
+        ),
+        ("max_blocking_threads", conf.max_blocking_threads),
+    ] {
+        if let Some(value) = value {
+            range(key, value, 1, MAX_THREADS)?;
+        }
+    }
+    for (key, value) in [
+        ("grace_period_seconds", conf.grace_period_seconds),
+        (
+            "graceful_shutdown_timeout_seconds",
+            conf.graceful_shutdown_timeout_seconds,
+        ),
+    ] {
+        if value.is_some_and(|v| v > MAX_SHUTDOWN_SECONDS) {
+            return Err(ConfigError::invalid(
+                key,
+                format!("at most {MAX_SHUTDOWN_SECONDS} (a day)"),
+            ));
+        }
+    }
+    if conf.upgrade_sock.is_empty() || conf.upgrade_sock.len() > MAX_SOCKET_PATH {
+        return Err(ConfigError::invalid(
+            "upgrade_sock",
+            format!("a Unix socket path of 1 to {MAX_SOCKET_PATH} bytes"),
+        ));
+    }
+    if conf.pid_file.is_empty() {
+        return Err(ConfigError::invalid("pid_file", "must not be empty"));
+    }
+    if let Some(ca) = &conf.ca_file {
+        if !Path::new(ca).is_file() {
+            return Err(ConfigError::invalid(
+                "ca_file",
+                format!("`{ca}` is not a readable file"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The `pid_file` a configuration file names (or the default), read leniently so that an
 /// instance can be stopped even when its file has since been broken.
 pub fn pid_file_of(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = super::read_file(path)?;
     let value: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
     Ok(value

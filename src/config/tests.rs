@@ -181,3 +181,149 @@ fn errors_name_the_key() {
     let e = err("version: 1\n");
     assert!(e.starts_with("lb:"), "{e}");
 }
+
+#[test]
+fn duplicated_keys_are_refused_at_every_level() {
+    let top = format!("threads: 2\nthreads: 4\n{MINIMAL}");
+    assert!(err(&top).contains("duplicate"), "{}", err(&top));
+    let lb = "lb:\n  listen: [\"127.0.0.1:8080\"]\n  listen: [\"127.0.0.1:8081\"]\n  upstreams: [\"127.0.0.1:8081\"]\n";
+    assert!(err(lb).contains("duplicate"), "{}", err(lb));
+    let deep = format!("{MINIMAL}  health_check:\n    interval: 1s\n    interval: 2s\n");
+    assert!(err(&deep).contains("duplicate"), "{}", err(&deep));
+}
+
+#[test]
+fn values_that_would_panic_at_start_are_refused() {
+    for (extra, key) in [
+        ("threads: 0\n", "threads"),
+        ("threads: 100000000\n", "threads"),
+        ("listener_tasks_per_fd: 0\n", "listener_tasks_per_fd"),
+        ("max_retries: 0\n", "max_retries"),
+        (
+            "upstream_connect_offload_threadpools: 0\n",
+            "upstream_connect_offload_threadpools",
+        ),
+        (
+            "grace_period_seconds: 18446744073709551615\n",
+            "grace_period_seconds",
+        ),
+        ("ca_file: /nonexistent/ca.pem\n", "ca_file"),
+    ] {
+        let e = err(&format!("{extra}{MINIMAL}"));
+        assert!(e.starts_with(key), "{extra}: {e}");
+    }
+    let long_sock = format!("upgrade_sock: /tmp/{}\n{MINIMAL}", "s".repeat(200));
+    assert!(err(&long_sock).starts_with("upgrade_sock"));
+    let forever = format!("{MINIMAL}  timeouts:\n    read: 9999999999h\n");
+    assert!(err(&forever).contains("at most 24h"), "{}", err(&forever));
+}
+
+#[test]
+fn huge_values_are_echoed_cut_on_one_line() {
+    let huge = "9".repeat(1024 * 1024);
+    for text in [
+        format!("{MINIMAL}  timeouts:\n    read: {huge}x\n"),
+        format!("lb:\n  listen: [\"{huge}\"]\n  upstreams: [\"127.0.0.1:8081\"]\n"),
+        format!("{huge}: 1\n{MINIMAL}"),
+        format!("{MINIMAL}  selection: {huge}\n"),
+    ] {
+        let e = err(&text);
+        assert!(e.len() < 400, "{} bytes: {}", e.len(), &e[..400]);
+        assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn limits_and_client_timeouts_are_read_and_checked() {
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}  timeouts: {{ client_header: 5s, client_body: 7s }}\n  limits: {{ max_header_bytes: 32KiB, max_headers: 50, max_body_bytes: 10m, max_client_connections: 1000 }}\n"
+    ))
+    .unwrap();
+    let l = c.lb.client;
+    assert_eq!(l.header_timeout, Duration::from_secs(5));
+    assert_eq!(l.body_timeout, Duration::from_secs(7));
+    assert_eq!(l.max_header_bytes, 32 * 1024);
+    assert_eq!(l.max_headers, 50);
+    assert_eq!(l.max_body_bytes, Some(10 << 20));
+    assert_eq!(l.max_connections, Some(1000));
+    assert_eq!(
+        Config::from_yaml(MINIMAL).unwrap().lb.client,
+        ClientLimits::default()
+    );
+    for (limits, key) in [
+        ("max_header_bytes: 10", "lb.limits.max_header_bytes"),
+        ("max_header_bytes: 2MiB", "lb.limits.max_header_bytes"),
+        ("max_headers: 0", "lb.limits.max_headers"),
+        ("max_headers: 300", "lb.limits.max_headers"),
+        ("max_body_bytes: 0", "lb.limits.max_body_bytes"),
+        (
+            "max_client_connections: 0",
+            "lb.limits.max_client_connections",
+        ),
+    ] {
+        let e = err(&format!("{MINIMAL}  limits: {{ {limits} }}\n"));
+        assert!(e.starts_with(key), "{limits}: {e}");
+    }
+    let e = err(&format!(
+        "{MINIMAL}  limits: {{ max_body_bytes: 10 apples }}\n"
+    ));
+    assert!(e.contains("invalid size"), "{e}");
+    let e = err(&format!("{MINIMAL}  timeouts: {{ client_header: 0s }}\n"));
+    assert!(e.starts_with("lb.timeouts.client_header"), "{e}");
+}
+
+#[test]
+fn only_bounded_regular_files_are_read() {
+    let dir = std::env::temp_dir().join(format!("lb-config-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = Config::load(&dir).unwrap_err().to_string();
+    assert!(e.contains("a directory"), "{e}");
+    let e = Config::load(std::path::Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    let fifo = dir.join("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let e = Config::load(&fifo).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    let big = dir.join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(MAX_FILE_BYTES + 1).unwrap();
+    let e = Config::load(&big).unwrap_err().to_string();
+    assert!(e.contains("16 MiB"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rate_limit_is_read_and_checked() {
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: 600/m, burst: 20 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.lb.client.rate,
+        Some(RateLimit {
+            per_second: 10.0,
+            burst: 20
+        })
+    );
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: 50 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.lb.client.rate.map(|r| r.burst), Some(50));
+    let e = err(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: 0/s }}\n"
+    ));
+    assert!(e.starts_with("lb.limits.rate.per_client_ip"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: fast }}\n"
+    ));
+    assert!(e.contains("invalid rate"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}  limits:\n    rate: {{ per_client_ip: 5/s, burst: 0 }}\n"
+    ));
+    assert!(e.starts_with("lb.limits.rate.burst"), "{e}");
+}

@@ -426,6 +426,51 @@ impl RouteConfig {
     }
 }
 
+/// What a client may take: time for its request header and body, sizes, connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The whole request header must arrive within this (from its first byte); else the
+    /// connection is closed. Also bounds how long a new connection may stay silent.
+    pub header_timeout: Duration,
+    /// The longest pause between two reads of a request body; exceeded → 408 and close.
+    pub body_timeout: Duration,
+    /// A request header larger than this is answered 431.
+    pub max_header_bytes: usize,
+    /// A request with more header lines than this is answered 431.
+    pub max_headers: usize,
+    /// A request body larger than this is answered 413; `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// Open client connections beyond this are closed at once; `None`: derived from the
+    /// file-descriptor limit at start.
+    pub max_connections: Option<usize>,
+    /// Requests per client address; `None`: no limit.
+    pub rate: Option<RateLimit>,
+}
+
+/// A token bucket per client address: `per_second` tokens a second, up to `burst` saved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+// Rates are finite and positive (checked at load), so equality is an equivalence.
+impl Eq for RateLimit {}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: None,
+            max_connections: None,
+            rate: None,
+        }
+    }
+}
+
 /// The validated `lb:` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbConfig {
@@ -436,6 +481,8 @@ pub struct LbConfig {
     pub pools: Vec<PoolConfig>,
     /// First match wins; the one-pool form has one catch-all route.
     pub routes: Vec<RouteConfig>,
+    /// `lb.timeouts.client_*` and `lb.limits`.
+    pub client: ClientLimits,
     /// Off when `None`.
     pub admin: Option<AdminConfig>,
     /// Off when `None`.
@@ -459,6 +506,7 @@ impl LbConfig {
             client_idle: Timeouts::default().idle,
             pools: vec![PoolConfig::with_defaults(upstreams)],
             routes: vec![RouteConfig::catch_all(DEFAULT_POOL, 0)],
+            client: ClientLimits::default(),
             admin: None,
             access_log: None,
             log_format: LogFormat::default(),

@@ -9,7 +9,7 @@ use pingora::server::configuration::ServerConf;
 
 use super::raw::*;
 use super::types::*;
-use super::values::{non_zero, parse_hash_key, resolve};
+use super::values::{cut, non_zero, parse_hash_key, resolve};
 use super::ConfigError;
 use crate::outcome::OutcomeSet;
 
@@ -19,6 +19,7 @@ impl RawLb {
     /// Validates the whole section against the pingora settings it runs under.
     pub(crate) fn validate(self, server: &ServerConf) -> Result<LbConfig, ConfigError> {
         let listen = validate_listen(self.listen.clone())?;
+        let client = validate_client(self.timeouts.as_ref(), &self.limits)?;
         let defaults = self.pool_keys();
         let client_idle = validate_timeouts("lb", defaults.timeouts.clone())?.idle;
         let pools = match self.pools {
@@ -46,6 +47,17 @@ impl RawLb {
                             "a pool name may hold only letters, digits, `_`, `-` and `.`",
                         ));
                     }
+                    if raw
+                        .timeouts
+                        .as_ref()
+                        .is_some_and(|t| t.client_header.is_some() || t.client_body.is_some())
+                    {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.timeouts"),
+                            "client_header and client_body are about clients, not a pool: set them \
+                             under lb.timeouts",
+                        ));
+                    }
                     pools.push(validate_pool(
                         &key,
                         &name,
@@ -71,8 +83,93 @@ impl RawLb {
             admin,
             access_log,
             log_format: self.log_format,
+            client,
         })
     }
+}
+
+/// pingora reads at most this many header lines; more are a 400 before lb sees the request.
+const PINGORA_MAX_HEADERS: usize = 256;
+/// pingora reads at most this many header bytes (1 MiB).
+const PINGORA_MAX_HEADER_BYTES: u64 = 1_048_575;
+
+fn validate_client(t: Option<&RawTimeouts>, l: &RawLimits) -> Result<ClientLimits, ConfigError> {
+    let defaults = ClientLimits::default();
+    let (client_header, client_body) = t.map_or((None, None), |t| (t.client_header, t.client_body));
+    let max_header_bytes = match l.max_header_bytes {
+        None => defaults.max_header_bytes,
+        Some(ByteSize(n)) if (1024..=PINGORA_MAX_HEADER_BYTES).contains(&n) => n as usize,
+        Some(ByteSize(n)) => {
+            return Err(ConfigError::invalid(
+                "lb.limits.max_header_bytes",
+                format!("{n} is out of range: 1KiB to 1MiB - 1 (1048575)"),
+            ))
+        }
+    };
+    let max_headers = match l.max_headers {
+        None => defaults.max_headers,
+        Some(n) if (1..=PINGORA_MAX_HEADERS).contains(&n) => n,
+        Some(n) => {
+            return Err(ConfigError::invalid(
+                "lb.limits.max_headers",
+                format!("{n} is out of range: 1 to {PINGORA_MAX_HEADERS}"),
+            ))
+        }
+    };
+    let max_body_bytes = match l.max_body_bytes {
+        None => None,
+        Some(ByteSize(0)) => {
+            return Err(ConfigError::invalid(
+                "lb.limits.max_body_bytes",
+                "must be at least 1 (leave it out for no limit)",
+            ))
+        }
+        Some(ByteSize(n)) => Some(n),
+    };
+    let max_connections =
+        match l.max_client_connections {
+            Some(0) => return Err(ConfigError::invalid(
+                "lb.limits.max_client_connections",
+                "must be at least 1 (leave it out for a limit derived from the open-files limit)",
+            )),
+            other => other,
+        };
+    let rate = match &l.rate {
+        None => None,
+        Some(r) => {
+            let per_second = r.per_client_ip.0;
+            if !(per_second.is_finite() && per_second > 0.0 && per_second <= 1e9) {
+                return Err(ConfigError::invalid(
+                    "lb.limits.rate.per_client_ip",
+                    "must be above zero (e.g. 100/s)",
+                ));
+            }
+            // Default burst: one second's worth, at least 1.
+            let burst = r.burst.unwrap_or(per_second.ceil().max(1.0) as u32);
+            if burst == 0 {
+                return Err(ConfigError::invalid(
+                    "lb.limits.rate.burst",
+                    "must be at least 1",
+                ));
+            }
+            Some(RateLimit { per_second, burst })
+        }
+    };
+    Ok(ClientLimits {
+        rate,
+        header_timeout: non_zero(
+            "lb.timeouts.client_header",
+            client_header.map_or(defaults.header_timeout, |d| d.0),
+        )?,
+        body_timeout: non_zero(
+            "lb.timeouts.client_body",
+            client_body.map_or(defaults.body_timeout, |d| d.0),
+        )?,
+        max_header_bytes,
+        max_headers,
+        max_body_bytes,
+        max_connections,
+    })
 }
 
 /// Validates one pool's keys; `prefix` is the key path errors name (`lb` or `lb.pools.NAME`).
@@ -115,18 +212,22 @@ fn validate_listen(raw: Option<Vec<String>>) -> Result<Vec<SocketAddr>, ConfigEr
         ));
     }
     let mut listen = Vec::with_capacity(listen_raw.len());
+    let mut seen = std::collections::HashSet::with_capacity(listen_raw.len());
     for (i, text) in listen_raw.iter().enumerate() {
         let key = format!("lb.listen[{i}]");
         let addr: SocketAddr = text.trim().parse().map_err(|_| {
             ConfigError::invalid(
                 &key,
-                format!("invalid address `{text}`: write ip:port, e.g. 0.0.0.0:80 or [::]:80"),
+                format!(
+                    "invalid address `{}`: write ip:port, e.g. 0.0.0.0:80 or [::]:80",
+                    cut(text)
+                ),
             )
         })?;
-        if listen.contains(&addr) {
+        if !seen.insert(addr) {
             return Err(ConfigError::invalid(
                 key,
-                format!("`{text}` is listed twice"),
+                format!("`{}` is listed twice", cut(text)),
             ));
         }
         listen.push(addr);
@@ -184,7 +285,11 @@ fn validate_upstreams(
             let other: &Upstream = &upstreams[other];
             return Err(ConfigError::invalid(
                 format!("{key}[{i}]"),
-                format!("`{}` is the same upstream as `{}`", raw.addr, other.name),
+                format!(
+                    "`{}` is the same upstream as `{}`",
+                    cut(&raw.addr),
+                    cut(&other.name)
+                ),
             ));
         }
         seen.insert(addr, upstreams.len());

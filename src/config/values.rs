@@ -6,6 +6,22 @@ use std::time::Duration;
 use super::types::HashKey;
 use super::ConfigError;
 
+/// Values echoed in error messages are cut to this many characters.
+pub(crate) const ECHO_LIMIT: usize = 80;
+
+/// `text` for an error message: whole if short, else its first [`ECHO_LIMIT`] characters and
+/// how long it was.
+pub(crate) fn cut(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_LIMIT) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!(
+            "{}... ({} bytes)",
+            text[..end].escape_debug(),
+            text.len()
+        )),
+    }
+}
+
 /// Parses `500ms`, `2s`, `1m`, `1h` (a whole number and a unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -15,7 +31,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let bad = || {
         format!(
-            "invalid duration `{text}`: write a whole number and a unit, e.g. 500ms, 2s, 1m, 1h"
+            "invalid duration `{}`: write a whole number and a unit, e.g. 500ms, 2s, 1m, 1h",
+            cut(text)
         )
     };
     let n: u64 = number.parse().map_err(|_| bad())?;
@@ -26,8 +43,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(bad()),
     };
+    // Longer would overflow timers (a deadline is "now + duration") and means nothing here.
+    if duration > MAX_DURATION {
+        return Err(format!("duration `{}` is too long: at most 24h", cut(text)));
+    }
     Ok(duration)
 }
+
+/// The longest duration accepted anywhere in the file.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 pub(crate) fn parse_hash_key(text: &str) -> Result<HashKey, String> {
     match text.trim() {
@@ -70,13 +94,16 @@ pub(crate) fn resolve(key: &str, text: &str) -> Result<SocketAddr, ConfigError> 
     if !text.contains(':') {
         return Err(ConfigError::invalid(
             key,
-            format!("`{text}` has no port: write host:port, e.g. 127.0.0.1:8081"),
+            format!(
+                "`{}` has no port: write host:port, e.g. 127.0.0.1:8081",
+                cut(text)
+            ),
         ));
     }
     let mut addrs = text
         .to_socket_addrs()
-        .map_err(|e| ConfigError::invalid(key, format!("cannot resolve `{text}`: {e}")))?;
+        .map_err(|e| ConfigError::invalid(key, format!("cannot resolve `{}`: {e}", cut(text))))?;
     addrs
         .next()
-        .ok_or_else(|| ConfigError::invalid(key, format!("`{text}` resolves to no address")))
+        .ok_or_else(|| ConfigError::invalid(key, format!("`{}` resolves to no address", cut(text))))
 }

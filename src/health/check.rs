@@ -14,7 +14,7 @@ use pingora::{Error, ErrorType};
 
 use crate::balancer::UpstreamState;
 use crate::config::{CheckType, HealthCheckConfig};
-use crate::outcome::describe_error;
+use crate::outcome::{describe_error, is_local_resource_error};
 
 /// Builds the configured check over `members`, or `None` for `type: none`.
 ///
@@ -99,6 +99,19 @@ impl UpstreamCheck {
         }
     }
 
+    /// Whether the upstream counts as up now, without a new result (unknown counts as down,
+    /// as before its first check).
+    fn settled_up(&self, addr: SocketAddr) -> bool {
+        self.states.get(&addr).is_some_and(|upstream| {
+            upstream
+                .check
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .up
+                .unwrap_or(false)
+        })
+    }
+
     /// Folds one probe result into the upstream's state; returns whether it is now up.
     fn observe(&self, addr: SocketAddr, result: &Result<(), String>) -> bool {
         let Some(upstream) = self.states.get(&addr) else {
@@ -171,6 +184,19 @@ impl HealthCheck for UpstreamCheck {
         };
         let result = match tokio::time::timeout(self.timeout, self.probe.check(target)).await {
             Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if is_local_resource_error(&e) => {
+                // lb itself is short of file descriptors or buffers: this says nothing about
+                // the upstream, whose state stays as it was.
+                log::warn!(
+                    "health check of {addr} not made: {} (a local shortage; the upstream's state is kept)",
+                    describe_error(&e)
+                );
+                return if self.settled_up(addr) {
+                    Ok(())
+                } else {
+                    Error::e_explain(ErrorType::Custom("upstream down"), "still down")
+                };
+            }
             Ok(Err(e)) => Err(describe_error(&e)),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         };

@@ -40,6 +40,13 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: IntGauge,
     pub(crate) reloads: IntCounterVec,
     pub(crate) access_log_dropped: IntGauge,
+    /// Client connections open now.
+    pub(crate) client_connections: IntGauge,
+    /// Client connections closed at once because `lb.limits.max_client_connections` was reached.
+    pub(crate) client_connections_rejected: IntCounter,
+    /// Client requests refused before forwarding, by reason (`header_timeout`, `body_timeout`,
+    /// `header_too_large`, `body_too_large`, `malformed`).
+    pub(crate) client_rejected: IntCounterVec,
 }
 
 /// Latency buckets (seconds) shared by the histograms: 0.5 ms to 30 s.
@@ -101,7 +108,22 @@ impl Metrics {
             "Retries not made because the retry budget was spent.",
         ));
         must(registry.register(Box::new(retries_denied_by_budget.clone())));
+        let client_connections_rejected = must(IntCounter::new(
+            "lb_client_connections_rejected_total",
+            "Client connections closed at once because lb.limits.max_client_connections were open.",
+        ));
+        must(registry.register(Box::new(client_connections_rejected.clone())));
         Metrics {
+            client_connections: single(
+                "lb_client_connections",
+                "Client connections open now.",
+            ),
+            client_connections_rejected,
+            client_rejected: counter(
+                "lb_client_rejected_total",
+                "Client requests or connections refused by lb's client limits, by reason.",
+                &["reason"],
+            ),
             upstream_requests: counter(
                 "lb_upstream_requests_total",
                 "Attempts sent to an upstream (a retried request counts once per upstream).",

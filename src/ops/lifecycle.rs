@@ -14,7 +14,7 @@ use super::instance::InstanceFiles;
 use super::reload::ReloadService;
 use crate::admin::Phase;
 use crate::balancer::SharedRouting;
-use crate::proxy::InFlight;
+use crate::proxy::{ClientConnections, InFlight};
 
 /// The environment variable through which `lb upgrade` asks the new process to report progress.
 pub(crate) const READY_FILE_ENV: &str = "LB_UPGRADE_READY_FILE";
@@ -56,6 +56,9 @@ pub(crate) struct LifecycleService {
     files: InstanceFiles,
     reload: Option<Arc<ReloadService>>,
     in_flight: InFlight,
+    /// Client connections still open: each may yet bring a request, answered with
+    /// `Connection: close`.
+    connections: ClientConnections,
     grace: Duration,
     /// For the access log, written out before the process exits.
     routing: SharedRouting,
@@ -68,6 +71,7 @@ impl LifecycleService {
         files: InstanceFiles,
         reload: Option<Arc<ReloadService>>,
         in_flight: InFlight,
+        connections: ClientConnections,
         grace: Duration,
         routing: SharedRouting,
         phase: Phase,
@@ -76,6 +80,7 @@ impl LifecycleService {
             files,
             reload,
             in_flight,
+            connections,
             grace,
             routing,
             phase,
@@ -135,22 +140,25 @@ impl BackgroundService for LifecycleService {
             }
         }
         log::info!(
-            "graceful shutdown: no new connections; waiting up to {}s for {} request(s) in flight",
+            "graceful shutdown: no new connections; waiting up to {}s for {} request(s) in flight and {} client connection(s)",
             self.grace.as_secs(),
-            self.in_flight.count()
+            self.in_flight.count(),
+            self.connections.count()
         );
         // Idle means no request for a few polls in a row, so that one whose connection was
         // accepted just before the listeners closed gets counted.
         let mut idle_polls = 0;
         while idle_polls < 3 {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if self.in_flight.count() == 0 {
+            if self.in_flight.count() == 0 && self.connections.count() == 0 {
                 idle_polls += 1;
             } else {
                 idle_polls = 0;
             }
         }
-        log::info!("graceful shutdown: all requests finished, exiting");
+        log::info!(
+            "graceful shutdown: all requests finished and client connections closed, exiting"
+        );
         if let Some(access_log) = &self.routing.load().access_log {
             access_log.flush(Duration::from_secs(2));
         }

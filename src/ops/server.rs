@@ -19,7 +19,7 @@ use crate::admin::{AdminApp, Phase};
 use crate::balancer::Registry;
 use crate::config::{server_defaults, Config};
 use crate::health::HealthService;
-use crate::proxy::{ClientApp, InFlight, LbProxy};
+use crate::proxy::{ClientApp, ClientConnections, InFlight, LbProxy};
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -100,9 +100,10 @@ pub fn build(
     }
 
     let in_flight = InFlight::default();
+    let connections = ClientConnections::default();
+    let nofile = super::fd_limit::raise_nofile();
     let admin_listen = config.lb.admin.as_ref().map(|a| a.listen);
     let routing_for_exit = routing.clone();
-    let idle_routing = routing.clone();
     let mut proxy = Service::new(
         "lb proxy".to_string(),
         ClientApp::new(
@@ -110,7 +111,10 @@ pub fn build(
                 &server.configuration,
                 LbProxy::new(routing.clone(), in_flight.clone()),
             ),
-            move || idle_routing.load().config.client_idle,
+            routing.clone(),
+            connections.clone(),
+            super::fd_limit::client_connection_budget(nofile),
+            grace,
         ),
     );
     for addr in &listen {
@@ -155,7 +159,15 @@ pub fn build(
     };
     let lifecycle = server.add_service(background_service(
         "lifecycle",
-        LifecycleService::new(files, reload, in_flight, grace, routing_for_exit, phase),
+        LifecycleService::new(
+            files,
+            reload,
+            in_flight,
+            connections,
+            grace,
+            routing_for_exit,
+            phase,
+        ),
     ));
     lifecycle.add_dependency(&proxy);
     Ok(Built { server, signals })

@@ -7,7 +7,9 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use super::strict::Refusal;
 use crate::balancer::selection::queue::AcquireError;
+use crate::observe::metrics::Metrics;
 
 /// No upstream is healthy: answered with 503.
 pub(super) const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("NoHealthyUpstream");
@@ -21,9 +23,81 @@ pub(super) const QUEUE_TIMEOUT: ErrorType = ErrorType::Custom("QueueTimeout");
 /// the request goes to another upstream.
 pub(super) const RETRY_ON_STATUS: ErrorType = ErrorType::Custom("RetryOnStatus");
 
+/// A client request refused by lb's limits or strictness (see [`super::strict`]); the status
+/// and message travel in the error's context.
+pub(super) const REFUSED: ErrorType = ErrorType::Custom("Refused");
+
+/// The error for a refused request, counted in `lb_client_rejected_total`.
+pub(super) fn refuse(metrics: &Metrics, refusal: Refusal) -> Box<Error> {
+    metrics
+        .client_rejected
+        .with_label_values(&[refusal.reason])
+        .inc();
+    let mut e = Error::explain(REFUSED, refusal.message);
+    e.set_retry(false);
+    e.as_down();
+    e.set_cause(RefusalCause(refusal));
+    e
+}
+
+/// The error for a request over `lb.limits.rate`: a 429 with `Retry-After`.
+pub(super) fn too_many_requests(metrics: &Metrics, retry_after: u64) -> Box<Error> {
+    let mut e = refuse(metrics, super::strict::TOO_MANY_REQUESTS);
+    e.set_context(format!("retry after {retry_after}s"));
+    e
+}
+
+/// The `Retry-After` seconds of a 429 refusal.
+fn retry_after(e: &Error) -> Option<u64> {
+    let context = e.context.as_ref()?.as_str();
+    context
+        .strip_prefix("retry after ")?
+        .strip_suffix('s')?
+        .parse()
+        .ok()
+}
+
+/// The refusal `e` carries, itself or in its causes (pingora may wrap a hook's error).
+fn find_refusal(e: &Error) -> Option<Refusal> {
+    let mut current = e;
+    // Bounded: pingora wraps an error a few times at most.
+    for _ in 0..8 {
+        let cause = current.cause.as_ref()?;
+        if let Some(r) = cause.downcast_ref::<RefusalCause>() {
+            return Some(r.0);
+        }
+        current = crate::outcome::as_pingora_error(cause.as_ref())?;
+    }
+    None
+}
+
+/// Whether `e` is a refusal (or a client too slow with its body), which is not logged.
+pub(super) fn is_refusal(e: &Error) -> bool {
+    find_refusal(e).is_some()
+        || (e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::ReadTimedout)
+}
+
+/// Carries the [`Refusal`] in the error.
+#[derive(Debug)]
+struct RefusalCause(Refusal);
+
+impl std::fmt::Display for RefusalCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.message)
+    }
+}
+
+impl std::error::Error for RefusalCause {}
+
 /// The status and a short explanation for a request that could not be proxied.
 fn error_response(e: &Error) -> (u16, &'static str) {
     match e.etype() {
+        _ if find_refusal(e).is_some() => {
+            find_refusal(e).map_or((400, "the request is malformed"), |r| (r.status, r.message))
+        }
+        ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => {
+            (408, "the request body did not arrive in time")
+        }
         ErrorType::HTTPStatus(code) => (*code, "the request could not be served"),
         t if *t == NO_HEALTHY_UPSTREAM => (503, "no healthy upstream is available"),
         t if *t == NO_UPSTREAM_LEFT => (502, "no upstream could be reached"),
@@ -87,6 +161,10 @@ pub(super) async fn respond(session: &mut Session, e: &Error) -> u16 {
             let _ = resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
             let _ = resp.insert_header(header::CONTENT_LENGTH, body.len());
             let _ = resp.insert_header(header::CACHE_CONTROL, "no-store");
+            if status == 429 {
+                let seconds = retry_after(e).unwrap_or(1);
+                let _ = resp.insert_header(header::RETRY_AFTER, seconds);
+            }
             session.write_error_response(resp, body).await
         }
         Err(e) => Err(e),

@@ -5,7 +5,10 @@
 //! - [`forwarding`]: the forwarding headers and the hop-by-hop headers;
 //! - [`errors`]: lb's own error kinds and the short responses sent for them;
 //! - [`request_key`]: what a request hashes on for `consistent_hash`;
-//! - [`client`]: the client-connection wrapper that keeps idle keep-alive connections lean;
+//! - [`client`]: the client-connection wrapper that keeps idle keep-alive connections lean and
+//!   enforces the connection limit, the header deadline, pipelining order and the drain;
+//! - [`strict`]: what a request header may not be (ambiguous framing, no Host, over a limit);
+//! - [`rate_limit`]: the per-client-address token buckets of `lb.limits.rate`;
 //! - [`in_flight`]: the count of requests being proxied.
 //!
 //! Depends on: [`crate::balancer`], [`crate::config`], [`crate::observe`], [`crate::outcome`].
@@ -14,8 +17,10 @@ mod client;
 mod errors;
 mod forwarding;
 mod in_flight;
+mod rate_limit;
 mod request_key;
 mod respond;
+mod strict;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,20 +39,26 @@ use crate::balancer::selection::Pool;
 use crate::balancer::{passive, Lease, Routing, SharedRouting};
 use crate::config::{RouteAction, Selection};
 use crate::observe::access_log::AccessEntry;
-use crate::outcome::{describe_error, Outcome};
+use crate::outcome::{describe_error, is_local_resource_error, Outcome};
 
-pub(crate) use client::ClientApp;
+pub(crate) use client::{ClientApp, ClientConnections, ConnState};
 pub(crate) use in_flight::{InFlight, InFlightGuard};
 
 /// The load-balancing proxy.
 pub(crate) struct LbProxy {
     routing: SharedRouting,
     in_flight: InFlight,
+    /// `lb.limits.rate`: kept across reloads.
+    rate: rate_limit::RateLimiter,
 }
 
 impl LbProxy {
     pub(crate) fn new(routing: SharedRouting, in_flight: InFlight) -> Self {
-        LbProxy { routing, in_flight }
+        LbProxy {
+            routing,
+            in_flight,
+            rate: rate_limit::RateLimiter::default(),
+        }
     }
 }
 
@@ -75,6 +86,8 @@ pub(crate) struct RequestCtx {
     route: Option<usize>,
     /// The pool the request goes to (an index into the routing's pools), once routed.
     pool: usize,
+    /// Request body bytes received so far (for `lb.limits.max_body_bytes`).
+    body_bytes: u64,
     _in_flight: InFlightGuard,
 }
 
@@ -170,6 +183,7 @@ impl ProxyHttp for LbProxy {
             outcome: None,
             route: None,
             pool: 0,
+            body_bytes: 0,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -179,7 +193,33 @@ impl ProxyHttp for LbProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        session.set_keepalive(Some(ctx.routing.config.client_idle.as_secs().max(1)));
+        // A connection that is draining (graceful stop or upgrade) keeps `Connection: close`.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(ctx.routing.config.client_idle.as_secs().max(1)));
+        }
+        let client = &ctx.routing.config.client;
+        // The longest pause between two reads of the request body.
+        session.set_read_timeout(Some(client.body_timeout));
+        let header_bytes = session
+            .as_http1()
+            .map_or(0, |s| s.get_headers_raw_bytes().len());
+        if let Err(refusal) = strict::check_request(session.req_header(), header_bytes, client) {
+            return Err(errors::refuse(ctx.routing.registry.metrics(), refusal));
+        }
+        if let Some(limit) = &client.rate {
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            if let Some(ip) = ip {
+                if let Err(retry_after) = self.rate.check(ip, limit, crate::clock::now_ms()) {
+                    return Err(errors::too_many_requests(
+                        ctx.routing.registry.metrics(),
+                        retry_after,
+                    ));
+                }
+            }
+        }
         ctx.routing.registry.retry_budget.record_request();
         Ok(())
     }
@@ -239,6 +279,43 @@ impl ProxyHttp for LbProxy {
                 Ok(true)
             }
         }
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        connection: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        // Called once the request header is read: its deadline is off.
+        if let Ok(conn) = connection.downcast::<Arc<ConnState>>() {
+            conn.header_done();
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(max), Some(chunk)) = (ctx.routing.config.client.max_body_bytes, body) {
+            ctx.body_bytes = ctx.body_bytes.saturating_add(chunk.len() as u64);
+            if ctx.body_bytes > max {
+                return Err(errors::refuse(
+                    ctx.routing.registry.metrics(),
+                    strict::BODY_TOO_LARGE,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // Refused requests are counted (lb_client_rejected_total), not logged one by one: a
+        // hostile client must not be able to flood the log.
+        errors::is_refusal(e)
     }
 
     async fn upstream_peer(
@@ -348,6 +425,18 @@ impl ProxyHttp for LbProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let reason = describe_error(&e);
+        if is_local_resource_error(&e) {
+            // lb is short of file descriptors or buffers: not the upstream's fault, so neither
+            // its statistics nor passive health count it, and no other upstream would fare
+            // better now.
+            ctx.attempt_recorded = true;
+            log::warn!(
+                "cannot connect to upstream {}: {reason} (a local shortage, not counted against it)",
+                peer._address
+            );
+            e.set_retry(false);
+            return e;
+        }
         ctx.record_attempt(Outcome::ConnectFailure, || format!("connect: {reason}"));
         // Nothing of the request reached the upstream, so any request may go elsewhere.
         if ctx
@@ -434,8 +523,17 @@ impl ProxyHttp for LbProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::ReadTimedout {
+            // The client paused longer than `lb.timeouts.client_body` within its body.
+            ctx.routing
+                .registry
+                .metrics()
+                .client_rejected
+                .with_label_values(&["body_timeout"])
+                .inc();
+        }
         let status = errors::respond(session, e).await;
         FailToProxy {
             error_code: status,
