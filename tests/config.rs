@@ -35,7 +35,10 @@ fn shipped_example_config_is_valid() {
     let path = dir.0.join("pingora.yaml");
     std::fs::write(
         &path,
-        example.replace("\"0.0.0.0:80\"", &format!("\"127.0.0.1:{}\"", free_port())),
+        example.replace(
+            "\"0.0.0.0:80\"",
+            &format!("\"127.0.0.1:{}\"", unique_port()),
+        ),
     )
     .unwrap();
     let out = Command::new(lb_binary())
