@@ -7,32 +7,45 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use common::backends::Backend;
+use common::client::{request, try_get, Response};
+use common::lb_conf::{fast_checks, LbConf};
+use common::lb_process::{pid_alive, read_pid, signal, Lb};
+use common::load::Load;
+use common::ports::unique_addr;
+use common::wait::wait_until;
 use serde_json::Value;
 
-/// Starts lb over `upstreams` with an admin listener (loopback, no token).
-fn start(upstreams: &[String]) -> (Lb, SocketAddr) {
-    let dir = TempDir::new();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let extra = format!("{FAST_CHECKS}  admin:\n    listen: \"{admin}\"\n");
-    let config = config_yaml(&dir.0, listen, upstreams, &extra);
-    let lb = Lb::start_in(dir, listen, &config);
-    // Ready: the proxy listens and lb says it serves.
-    assert!(wait_until(Duration::from_secs(10), || call_ok(admin)));
+/// Starts lb over `upstreams` with fast checks and an admin listener (loopback, no token);
+/// returns once `/healthz` says it serves.
+fn start(upstreams: &[&Backend]) -> (Lb, SocketAddr) {
+    let lb = Lb::start(
+        LbConf::new()
+            .upstreams(upstreams.iter().copied())
+            .health(fast_checks())
+            .admin(unique_addr(), None),
+    );
+    let admin = lb.admin();
+    assert!(
+        wait_until(Duration::from_secs(10), || healthz_ok(admin)),
+        "{}",
+        lb.log()
+    );
     (lb, admin)
 }
 
+/// One admin request on a connection of its own.
 fn call(admin: SocketAddr, method: &str, path: &str, body: &str) -> Response {
-    send_raw(
-        admin,
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    let mut call = request(method, admin, path);
+    if method != "GET" {
+        call = call.body(body);
+    }
+    call.send()
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn healthz_ok(admin: SocketAddr) -> bool {
+    try_get(admin, "/healthz").is_ok_and(|r| r.status == 200)
 }
 
 fn overview(admin: SocketAddr) -> Value {
@@ -95,8 +108,8 @@ fn upgrade_under_load_keeps_admin_state_and_loses_nothing() {
         Backend::start("c"),
         Backend::start("d"),
     );
-    let (lb, admin) = start(&[a.addr, b.addr, c.addr, d.addr].map(|x| x.to_string()));
-    let old = lb.child.id() as i32;
+    let (lb, admin) = start(&[&a, &b, &c, &d]);
+    let old = lb.pid();
     steer(admin, a.addr, b.addr, c.addr);
     let (a_before, b_before) = (a.requests(), b.requests());
 
@@ -107,15 +120,12 @@ fn upgrade_under_load_keeps_admin_state_and_loses_nothing() {
         let addr = lb.addr;
         std::thread::spawn(move || try_get(addr, "/slow?sleep_ms=3000"))
     };
-    assert!(wait_until(Duration::from_secs(5), || {
-        [&c, &d].iter().any(|b| {
-            b.state
-                .seen
-                .lock()
-                .is_ok_and(|seen| seen.iter().any(|t| t.starts_with("/slow")))
-        })
-    }));
-    let (ok, out) = lb_command(&["upgrade", "-c", lb.conf()]);
+    assert!(
+        wait_until(Duration::from_secs(5), || c.has_seen("/slow")
+            || d.has_seen("/slow")),
+        "the slow request reached neither c nor d"
+    );
+    let (ok, out) = lb.command("upgrade");
     assert!(ok, "{out}\n{}", lb.log());
     let new = read_pid(&lb.pid_file()).unwrap_or_default();
     assert_ne!(new, old);
@@ -163,43 +173,33 @@ fn keep_state_is_asked_for_on_a_fresh_start() {
         Backend::start("c"),
         Backend::start("d"),
     );
-    let (mut lb, admin) = start(&[a.addr, b.addr, c.addr, d.addr].map(|x| x.to_string()));
+    let (mut lb, admin) = start(&[&a, &b, &c, &d]);
     steer(admin, a.addr, b.addr, c.addr);
-    let (ok, out) = lb_command(&["stop", "-c", lb.conf()]);
+    let (ok, out) = lb.command("stop");
     assert!(ok, "{out}");
     let _ = lb.child.wait();
 
     // Started again with --keep-state: the state is back.
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&lb.log_path)
-        .unwrap();
-    lb.child = std::process::Command::new(lb_binary())
-        .args(["--keep-state", "-c", lb.conf()])
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(15), || {
-        call_ok(admin) && lb.get("/").status == 200
-    }));
+    lb.respawn(&["--keep-state"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            healthz_ok(admin) && lb.get("/").status == 200
+        }),
+        "{}",
+        lb.log()
+    );
     assert_steered(&lb, admin, [&a, &b, &c, &d]);
 
     // Stopped and started without it: a fresh start.
-    let (ok, out) = lb_command(&["stop", "-c", lb.conf()]);
+    let (ok, out) = lb.command("stop");
     assert!(ok, "{out}");
     let _ = lb.child.wait();
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&lb.log_path)
-        .unwrap();
-    lb.child = std::process::Command::new(lb_binary())
-        .args(["-c", lb.conf()])
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(15), || call_ok(admin)));
+    lb.respawn(&[]);
+    assert!(
+        wait_until(Duration::from_secs(15), || healthz_ok(admin)),
+        "{}",
+        lb.log()
+    );
     let all = overview(admin);
     for backend in [&a, &b, &c, &d] {
         assert_eq!(upstream(&all, backend.addr)["state"], "up", "{all}");
@@ -207,22 +207,17 @@ fn keep_state_is_asked_for_on_a_fresh_start() {
     }
 }
 
-fn call_ok(admin: SocketAddr) -> bool {
-    try_get(admin, "/healthz").is_ok_and(|r| r.status == 200)
-}
-
 #[test]
 fn healthz_and_changes_while_handing_over() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let (lb, admin) = start(&[a.addr.to_string(), b.addr.to_string()]);
+    let (lb, admin) = start(&[&a, &b]);
     let health = call(admin, "GET", "/healthz", "");
     assert_eq!(health.status, 200, "{}", health.text());
     assert_eq!(health.text(), "serving\n");
 
     // SIGQUIT with no new process to take the sockets: while lb tries to hand over, it says
     // it is draining and refuses changes; when nobody took them, it serves on as before.
-    let pid = lb.child.id() as i32;
-    lb::ops::instance::signal(pid, libc::SIGQUIT).unwrap();
+    signal(lb.pid(), libc::SIGQUIT).unwrap();
     assert!(
         wait_until(Duration::from_secs(5), || {
             call(admin, "GET", "/healthz", "").status == 503
@@ -244,7 +239,7 @@ fn healthz_and_changes_while_handing_over() {
     );
     assert_eq!(lb.get("/").status, 200, "still serving");
     lb.expect_log("hand-over failed");
-    assert!(wait_until(Duration::from_secs(5), || call_ok(admin)));
+    assert!(wait_until(Duration::from_secs(5), || healthz_ok(admin)));
     assert_eq!(
         call(
             admin,

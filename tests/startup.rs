@@ -4,17 +4,23 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use common::backends::Backend;
+use common::client::try_get;
+use common::lb_conf::{fast_checks, fields, LbConf, Upstream};
+use common::lb_process::{lb_binary, lb_command, read_pid, signal, Lb, TempDir};
+use common::ports::unique_addr;
+use common::wait::wait_until;
 
 /// A config in `dir` listening on a free port, with `top` (top-level keys) and `extra`
-/// (`lb:` keys) added; returns its path.
-fn write_config(dir: &Path, top: &str, extra: &str) -> std::path::PathBuf {
-    let listen = format!("127.0.0.1:{}", free_port());
+/// (`lb:` keys) added; returns its path. Written by hand: these tests are about the
+/// top-level keys (instance files, error log) that the builder sets on its own.
+fn write_config(dir: &Path, top: &str, extra: &str) -> PathBuf {
+    let listen = unique_addr();
     let path = dir.join("lb.yaml");
     std::fs::write(
         &path,
@@ -24,23 +30,11 @@ fn write_config(dir: &Path, top: &str, extra: &str) -> std::path::PathBuf {
     path
 }
 
-/// Runs `lb` with `args` and the config; returns (success, stdout + stderr).
+/// Runs `lb` with `args` and `-c conf`; returns (success, stdout + stderr).
 fn run(args: &[&str], conf: &Path) -> (bool, String) {
-    let out = Command::new(lb_binary())
-        .args(args)
-        .arg("-c")
-        .arg(conf)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut all = args.to_vec();
+    all.extend(["-c", conf.to_str().unwrap()]);
+    lb_command(&all)
 }
 
 fn paths(dir: &Path) -> String {
@@ -83,8 +77,8 @@ fn config_test_names_each_path_that_start_would_fail_on() {
         (
             paths(&dir.0),
             format!(
-                "  admin:\n    listen: 127.0.0.1:{}\n    token_file: {d}/missing.token\n",
-                free_port()
+                "  admin:\n    listen: {}\n    token_file: {d}/missing.token\n",
+                unique_addr()
             ),
             "lb.admin.token_file",
         ),
@@ -105,13 +99,12 @@ fn config_test_names_each_path_that_start_would_fail_on() {
 #[test]
 fn config_test_checks_listen_addresses_but_not_those_of_the_running_instance() {
     let dir = TempDir::new();
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let admin_taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_listener = TcpListener::bind(unique_addr()).unwrap();
+    let admin_taken_listener = TcpListener::bind(unique_addr()).unwrap();
     let (taken, admin_taken) = (
-        taken.local_addr().unwrap(),
-        admin_taken.local_addr().unwrap(),
+        taken_listener.local_addr().unwrap(),
+        admin_taken_listener.local_addr().unwrap(),
     );
-    let _keep = (TcpListener::bind(taken), TcpListener::bind(admin_taken));
     let conf = dir.0.join("lb.yaml");
     std::fs::write(
         &conf,
@@ -141,7 +134,7 @@ fn config_test_checks_listen_addresses_but_not_those_of_the_running_instance() {
     // The addresses of the running instance of the same config are fine: an upgrade takes
     // them over.
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], "");
+    let lb = Lb::start(LbConf::new().upstream(&a));
     let (ok, out) = run(&["-t"], &lb.conf_path);
     assert!(ok, "{out}");
 }
@@ -189,22 +182,20 @@ fn default_instance_files_are_in_a_private_runtime_directory() {
         eprintln!("not root: the /run/lb default is not exercised");
         return;
     }
-    let dir = TempDir::new();
     let a = Backend::start("a");
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // No pid_file, no upgrade_sock: lb's defaults.
-    let config = format!(
-        "lb:\n  listen: [\"{listen}\"]\n  upstreams: [\"{}\"]\n",
-        a.addr
-    );
-    let mut lb = Lb::start_in(dir, listen, &config);
+    let mut lb = Lb::start(LbConf::new().upstream(&a).default_instance_files());
     let pid_file = Path::new("/run/lb/lb.pid");
-    assert!(wait_until(Duration::from_secs(10), || read_pid(pid_file)
-        == Some(lb.child.id() as i32)));
+    assert!(
+        wait_until(Duration::from_secs(10), || read_pid(pid_file)
+            == Some(lb.pid())),
+        "{}",
+        lb.log()
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata("/run/lb").unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o750);
-    let (ok, out) = lb_command(&["stop", "-c", lb.conf()]);
+    let (ok, out) = lb.command("stop");
     assert!(ok, "{out}");
     let _ = lb.child.wait();
     assert!(!pid_file.exists());
@@ -213,16 +204,22 @@ fn default_instance_files_are_in_a_private_runtime_directory() {
 #[test]
 fn start_up_line_names_every_listener_and_json_logs_are_one_object_per_line() {
     let a = Backend::start("a");
-    let dir = TempDir::new();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let second: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        "{}lb:\n  listen: [\"{listen}\", \"{second}\"]\n  upstreams: [\"{}\", 127.0.0.1:1]\n  log_format: json\n  admin:\n    listen: \"{admin}\"\n{FAST_CHECKS}  retries: {{ attempts: 1, budget_min_per_second: 1000 }}\n  passive_health: {{ consecutive_failures: 0 }}\n",
-        paths(&dir.0),
-        a.addr
+    let second = unique_addr();
+    let lb = Lb::start(
+        LbConf::new()
+            .also_listen(second)
+            .upstreams([Upstream::from(&a), Upstream::new("127.0.0.1:1")])
+            .key("log_format", "json")
+            .admin(unique_addr(), None)
+            .health(fast_checks())
+            .retries(
+                fields()
+                    .set("attempts", 1)
+                    .set("budget_min_per_second", 1000),
+            )
+            .passive_health(fields().set("consecutive_failures", 0)),
     );
-    let lb = Lb::start_in(dir, listen, &config);
+    let (listen, admin) = (lb.addr, lb.admin());
     lb.expect_log(&format!(
         "serving on http://{listen}, http://{second}; admin on http://{admin}"
     ));
@@ -243,14 +240,21 @@ fn start_up_line_names_every_listener_and_json_logs_are_one_object_per_line() {
 #[test]
 fn a_retried_connect_failure_is_logged_once() {
     let a = Backend::start("a");
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Nothing listens there: the port allocator hands it out once and lb's connect is refused.
+    let dead = unique_addr();
     // No active checks, so the dead upstream stays in rotation and each request to it is
     // retried on a.
-    let extra = "  health_check: { type: none }\n  passive_health: { consecutive_failures: 0 }\n  retries: { attempts: 1, budget_min_per_second: 1000 }\n";
-    let lb = Lb::start(&[a.addr.to_string(), dead.to_string()], extra);
+    let lb = Lb::start(
+        LbConf::new()
+            .upstreams([a.addr, dead])
+            .health(fields().set("type", "none"))
+            .passive_health(fields().set("consecutive_failures", 0))
+            .retries(
+                fields()
+                    .set("attempts", 1)
+                    .set("budget_min_per_second", 1000),
+            ),
+    );
     for _ in 0..4 {
         assert_eq!(lb.get("/").status, 200);
     }
@@ -284,7 +288,7 @@ fn version_and_demo_arguments() {
         "{out}"
     );
 
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = TcpListener::bind(unique_addr()).unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let (ok, out) = lb_command(&["demo", "--listen", &addr]);
     assert!(!ok);
@@ -295,10 +299,10 @@ fn version_and_demo_arguments() {
 #[test]
 fn the_demo_removes_its_pid_file_on_every_way_out() {
     let pid_file = lb::demo::pid_file();
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        let listen = format!("127.0.0.1:{}", free_port());
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let listen = unique_addr();
         let mut demo = Command::new(lb_binary())
-            .args(["demo", "--listen", &listen])
+            .args(["demo", "--listen", &listen.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -306,18 +310,18 @@ fn the_demo_removes_its_pid_file_on_every_way_out() {
         let pid = demo.id() as i32;
         let serving = wait_until(Duration::from_secs(15), || {
             read_pid(Path::new(&pid_file)) == Some(pid)
-                && try_get(listen.parse().unwrap(), "/").is_ok_and(|r| r.status == 200)
+                && try_get(listen, "/").is_ok_and(|r| r.status == 200)
         });
         if !serving {
             let _ = demo.kill();
             panic!("the demo did not serve on {listen}");
         }
-        lb::ops::instance::signal(pid, signal).unwrap();
+        signal(pid, sig).unwrap();
         let status = demo.wait().unwrap();
-        assert!(status.success(), "signal {signal}: {status}");
+        assert!(status.success(), "signal {sig}: {status}");
         assert!(
             read_pid(Path::new(&pid_file)) != Some(pid),
-            "signal {signal}: pid file {pid_file} left behind"
+            "signal {sig}: pid file {pid_file} left behind"
         );
     }
 }

@@ -129,6 +129,8 @@ pub struct LbConf {
     listen: Vec<SocketAddr>,
     upstreams: Vec<Upstream>,
     admin: Option<SocketAddr>,
+    /// Whether `pid_file` and `upgrade_sock` are left to lb's defaults.
+    default_instance_files: bool,
     /// The other `lb:` keys, in the order first set.
     keys: Fields,
 }
@@ -146,6 +148,7 @@ impl LbConf {
             listen: vec![unique_addr()],
             upstreams: Vec::new(),
             admin: None,
+            default_instance_files: false,
             keys: Fields::default(),
         }
     }
@@ -242,14 +245,29 @@ impl LbConf {
         self.key("admin", admin)
     }
 
-    /// The file's text, with the pid file and upgrade socket in `dir`.
+    /// No `pid_file` and no `upgrade_sock`: lb's default locations, shared by every lb
+    /// started this way on the machine (and [`super::lb_process::Lb::pid_file`] does not
+    /// apply).
+    pub fn default_instance_files(mut self) -> LbConf {
+        self.default_instance_files = true;
+        self
+    }
+
+    /// The file's text, with the pid file and upgrade socket in `dir` (unless
+    /// [`LbConf::default_instance_files`]).
     pub fn to_yaml(&self, dir: &Path) -> String {
         let listen: Vec<String> = self.listen.iter().map(quoted).collect();
-        let mut yaml = format!(
-            "threads: 2\npid_file: {dir}/lb.pid\nupgrade_sock: {dir}/upgrade.sock\nlb:\n  listen: [{}]\n  upstreams:\n",
-            listen.join(", "),
-            dir = dir.display(),
-        );
+        let mut yaml = String::from("threads: 2\n");
+        if !self.default_instance_files {
+            yaml.push_str(&format!(
+                "pid_file: {dir}/lb.pid\nupgrade_sock: {dir}/upgrade.sock\n",
+                dir = dir.display()
+            ));
+        }
+        yaml.push_str(&format!(
+            "lb:\n  listen: [{}]\n  upstreams:\n",
+            listen.join(", ")
+        ));
         for upstream in &self.upstreams {
             yaml.push_str(&format!("    - {upstream}\n"));
         }

@@ -66,6 +66,20 @@ pub fn lb_command(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Runs `lb ARGS -c conf` in the background, its stderr appended to `log`.
+fn spawn(args: &[&str], conf: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+    Command::new(lb_binary())
+        .args(args)
+        .arg("-c")
+        .arg(conf)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("lb did not start")
+}
+
 /// The pid in a pid file, if any.
 pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -97,15 +111,8 @@ impl Lb {
         let conf_path = dir.0.join("lb.yaml");
         std::fs::write(&conf_path, config.to_yaml(&dir.0)).unwrap();
         let log_path = dir.0.join("lb.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(lb_binary())
-            .arg("-c")
-            .arg(&conf_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("lb did not start");
+        std::fs::File::create(&log_path).unwrap();
+        let child = spawn(&[], &conf_path, &log_path);
         let mut lb = Lb {
             addr: config.addr(),
             admin: config.admin_addr(),
@@ -115,16 +122,35 @@ impl Lb {
             conf_path,
             dir,
         };
-        for addr in [Some(lb.addr), lb.admin].into_iter().flatten() {
+        lb.wait_listening();
+        lb
+    }
+
+    /// Starts `lb` again, with `args` (such as `--keep-state`) before `-c`, on the same
+    /// configuration file and directory, after the process before it has exited; its log goes
+    /// on in the same file. Waits until it serves, as [`Lb::start_in`] does.
+    pub fn respawn(&mut self, args: &[&str]) {
+        assert!(
+            !self.is_running(),
+            "lb {} is still running: stop it first",
+            self.pid()
+        );
+        self.child = spawn(args, &self.conf_path, &self.log_path);
+        self.wait_listening();
+    }
+
+    /// Waits until lb accepts connections on its listener and, if configured, its admin
+    /// listener; fails the test with the log if it exits or does not listen within 15 s.
+    fn wait_listening(&mut self) {
+        for addr in [Some(self.addr), self.admin].into_iter().flatten() {
             let up = wait_until(Duration::from_secs(15), || {
-                if let Ok(Some(status)) = lb.child.try_wait() {
-                    panic!("lb exited with {status}: {}", lb.log());
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("lb exited with {status}: {}", self.log());
                 }
                 port_accepts(addr, Duration::ZERO)
             });
-            assert!(up, "lb did not listen on {addr}: {}", lb.log());
+            assert!(up, "lb did not listen on {addr}: {}", self.log());
         }
-        lb
     }
 
     /// The admin listener; panics when lb has none.
