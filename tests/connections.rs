@@ -41,7 +41,12 @@ fn time_until_closed(conn: &mut BufReader<TcpStream>) -> Duration {
 #[test]
 fn responses_of_every_size_share_one_kept_alive_connection() {
     let backend = Backend::start("a");
-    let lb = Lb::start(LbConf::new().upstream(&backend));
+    // Headers up to 120 KB make the responses that large: above the default header limit.
+    let lb = Lb::start(
+        LbConf::new()
+            .upstream(&backend)
+            .key("limits", "{ max_header_bytes: 512KiB }"),
+    );
     let client = KeepAliveClient::new(lb.addr);
     // Around the 32 KiB write buffer: empty, small, just under, just over, several times over.
     for (i, size) in [0, 100, 20_000, 32_000, 33_000, 40_000, 120_000, 10, 65_536]

@@ -8,7 +8,13 @@ use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::backends::Backend;
+use common::client::{get, try_get, KeepAliveClient, Response};
+use common::lb_conf::{fast_checks, fields, LbConf};
+use common::lb_process::Lb;
+use common::ports::unique_addr;
+use common::raw::{read_response, send_raw};
+use common::wait::wait_until;
 
 /// Writes `data` a byte at a time, `every` apart, until the server closes the connection or
 /// `limit` passes; returns how long the server kept the connection and what it answered.
@@ -55,12 +61,17 @@ fn trickle(addr: SocketAddr, data: &[u8], every: Duration, limit: Duration) -> (
     (start.elapsed(), answer)
 }
 
-const CLIENT_TIMEOUTS: &str = "  timeouts:\n    client_header: 1s\n    client_body: 1s\n";
+/// One backend, and client header and body timeouts of one second.
+fn client_timeouts(a: &Backend) -> LbConf {
+    LbConf::new()
+        .upstream(a)
+        .timeouts(fields().set("client_header", "1s").set("client_body", "1s"))
+}
 
 #[test]
 fn slowloris_header_is_cut_while_others_are_served() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], CLIENT_TIMEOUTS);
+    let lb = Lb::start(client_timeouts(&a));
     let addr = lb.addr;
     let slow: Vec<_> = (0..5)
         .map(|_| {
@@ -93,7 +104,7 @@ fn slowloris_header_is_cut_while_others_are_served() {
 #[test]
 fn silent_connection_is_closed_after_the_header_timeout() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], CLIENT_TIMEOUTS);
+    let lb = Lb::start(client_timeouts(&a));
     let (held, _) = trickle(
         lb.addr,
         b"",
@@ -109,7 +120,7 @@ fn silent_connection_is_closed_after_the_header_timeout() {
 #[test]
 fn slow_post_body_is_cut() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], CLIENT_TIMEOUTS);
+    let lb = Lb::start(client_timeouts(&a));
     // The header at once, then one body byte per 1.5 s: each pause exceeds client_body.
     let mut stream = TcpStream::connect(lb.addr).unwrap();
     stream
@@ -145,8 +156,9 @@ fn status_of(addr: SocketAddr, raw: &[u8]) -> u16 {
 fn ambiguous_and_oversized_requests_are_refused_and_never_forwarded() {
     let a = Backend::start("a");
     let lb = Lb::start(
-        &[a.addr.to_string()],
-        "  limits:\n    max_body_bytes: 1KiB\n    max_headers: 50\n",
+        LbConf::new()
+            .upstream(&a)
+            .key("limits", "{ max_body_bytes: 1KiB, max_headers: 50 }"),
     );
     let big_header = format!(
         "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
@@ -233,7 +245,7 @@ fn pipelined(addr: SocketAddr, n: usize) -> Vec<String> {
     stream.write_all(batch.as_bytes()).unwrap();
     let mut reader = BufReader::new(stream);
     (0..n)
-        .map_while(|_| read_response(&mut reader, false).ok())
+        .map_while(|_| read_response(&mut reader).ok())
         .map(|r| {
             assert_eq!(r.status, 200);
             r.echo("target").unwrap_or_default()
@@ -244,7 +256,7 @@ fn pipelined(addr: SocketAddr, n: usize) -> Vec<String> {
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let a = Backend::start("a");
-    let lb = Lb::start(&[a.addr.to_string()], "");
+    let lb = Lb::start(LbConf::new().upstream(&a));
     for n in [2, 10, 50] {
         let paths = pipelined(lb.addr, n);
         let expected: Vec<String> = (0..n).map(|i| format!("/pipe/{i}")).collect();
@@ -255,10 +267,12 @@ fn pipelined_requests_are_answered_in_order() {
 #[test]
 fn connection_flood_beyond_the_limit_is_closed_at_once_and_others_are_served() {
     let a = Backend::start("a");
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let lb = Lb::start(
-        &[a.addr.to_string()],
-        &format!("  limits:\n    max_client_connections: 20\n  admin:\n    listen: {admin}\n{FAST_CHECKS}"),
+        LbConf::new()
+            .upstream(&a)
+            .key("limits", "{ max_client_connections: 20 }")
+            .admin(unique_addr(), None)
+            .health(fast_checks()),
     );
     let mut client = KeepAliveClient::new(lb.addr);
     assert_eq!(client.get("/first").unwrap().status, 200);
@@ -295,7 +309,7 @@ fn connection_flood_beyond_the_limit_is_closed_at_once_and_others_are_served() {
     assert!(!lb.log().contains("DOWN"), "{}", lb.log());
     lb.expect_log("max_client_connections");
     // Counted: the rejected ones, and the open ones (the first client and 19 of the flood).
-    let metrics = get(admin, "/metrics").text();
+    let metrics = get(lb.admin(), "/metrics").text();
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -311,29 +325,23 @@ fn connection_flood_beyond_the_limit_is_closed_at_once_and_others_are_served() {
 
 #[test]
 fn running_out_of_file_descriptors_never_marks_an_upstream_down() {
-    use std::os::unix::process::CommandExt;
     let a = Backend::start("a");
-    let dir = TempDir::new();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // A connection limit far above what 128 file descriptors allow: accepts and health checks
     // run out of descriptors (EMFILE).
-    let extra = format!("  limits:\n    max_client_connections: 10000\n{FAST_CHECKS}");
-    let config = config_yaml(&dir.0, addr, &[a.addr.to_string()], &extra);
-    let lb = Lb::start_in_with(dir, addr, &config, |command| {
-        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 128,
-                    rlim_max: 128,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let lb = Lb::start(
+        LbConf::new()
+            .upstream(&a)
+            .key("limits", "{ max_client_connections: 10000 }")
+            .health(fast_checks()),
+    );
+    // At most 128 descriptors from now on (lb holds a few dozen: far fewer).
+    let limit = libc::rlimit {
+        rlim_cur: 128,
+        rlim_max: 128,
+    };
+    // SAFETY: prlimit reads `limit` and writes nothing (the old limit is not asked for).
+    let set = unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
     let mut client = KeepAliveClient::new(lb.addr);
     assert_eq!(client.get("/before").unwrap().status, 200);
     lb.expect_log("is UP");
@@ -367,8 +375,9 @@ fn running_out_of_file_descriptors_never_marks_an_upstream_down() {
 fn requests_over_the_per_client_rate_get_429_with_retry_after() {
     let a = Backend::start("a");
     let lb = Lb::start(
-        &[a.addr.to_string()],
-        "  limits:\n    rate: { per_client_ip: 1/s, burst: 5 }\n",
+        LbConf::new()
+            .upstream(&a)
+            .key("limits", "{ rate: { per_client_ip: 1/s, burst: 5 } }"),
     );
     let statuses: Vec<Response> = (0..10).map(|i| lb.get(&format!("/r/{i}"))).collect();
     let ok = statuses.iter().filter(|r| r.status == 200).count();

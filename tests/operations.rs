@@ -4,7 +4,8 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use common::lb_conf::{fast_checks, LbConf, Upstream};
 use common::lb_process::{lb_binary, lb_command, pid_alive, read_pid, signal, Lb, TempDir};
 use common::load::{Load, LoadReport};
 use common::ports::unique_addr;
+use common::raw::read_response;
 use common::wait::wait_until;
 
 /// A request that takes `ms` at the backend, made on its own thread; returns once one of
@@ -350,4 +352,152 @@ fn stale_pid_file_is_reported_not_trusted() {
     // Starting over a stale pid file works (and replaces it).
     let lb = Lb::start_in(dir, config);
     assert_eq!(read_pid(&lb.pid_file()), Some(lb.child.id() as i32));
+}
+
+/// What a strict keep-alive load saw: unlike [`KeepAliveClient`], it never sends a request
+/// again, so a kept-alive connection closed under a request is a failure.
+#[derive(Debug, Default)]
+struct StrictReport {
+    ok: usize,
+    failed: usize,
+    errors: Vec<String>,
+    /// Responses that asked for the connection to be closed (a draining process).
+    closes: usize,
+}
+
+/// Threads that each keep one connection alive and send GETs and POSTs (with a body) on it
+/// back to back, reconnecting only when a response says `Connection: close`. Once `stopping`
+/// is set, a refused new connection ends a thread (nothing is listening any more); before, it
+/// is a failure. Bounded: 20 000 requests or 60 s per thread.
+fn strict_keep_alive_load(
+    addr: SocketAddr,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+    stopping: &Arc<AtomicBool>,
+    sent: &Arc<AtomicUsize>,
+) -> Vec<std::thread::JoinHandle<StrictReport>> {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    (0..threads)
+        .map(|t| {
+            let (stop, stopping, sent) = (stop.clone(), stopping.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let mut report = StrictReport::default();
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                for n in 0..20_000 {
+                    if stop.load(Ordering::SeqCst) || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    let mut c = match conn.take() {
+                        Some(c) => c,
+                        None => match TcpStream::connect(addr) {
+                            Ok(s) => {
+                                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                                BufReader::new(s)
+                            }
+                            Err(_) if stopping.load(Ordering::SeqCst) => break,
+                            Err(e) => {
+                                report.failed += 1;
+                                report.errors.push(format!("connect: {e}"));
+                                continue;
+                            }
+                        },
+                    };
+                    let request = if n % 2 == 0 {
+                        format!("GET /strict/{t}/{n} HTTP/1.1\r\nHost: x\r\n\r\n")
+                    } else {
+                        format!(
+                            "POST /strict/{t}/{n} HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world"
+                        )
+                    };
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    let result = c
+                        .get_mut()
+                        .write_all(request.as_bytes())
+                        .and_then(|()| read_response(&mut c));
+                    match result {
+                        Ok(r) if r.status == 200 => {
+                            report.ok += 1;
+                            let close = r
+                                .header("connection")
+                                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                            if close {
+                                report.closes += 1;
+                            } else {
+                                conn = Some(c);
+                            }
+                        }
+                        Ok(r) => {
+                            report.failed += 1;
+                            report.errors.push(format!("{n}: {} {}", r.status, r.text()));
+                        }
+                        Err(e) => {
+                            report.failed += 1;
+                            report.errors.push(format!("{n} ({request:.20}): {e}"));
+                        }
+                    }
+                }
+                report
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn keep_alive_gets_and_posts_survive_five_upgrades_and_a_stop() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mut lb = Lb::start(two_backends_fast_checks(&a, &b));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let threads = strict_keep_alive_load(lb.addr, 6, &stop, &stopping, &sent);
+    let wait_sent = |n: usize| {
+        assert!(wait_until(Duration::from_secs(30), || sent
+            .load(Ordering::SeqCst)
+            >= n));
+    };
+    wait_sent(300);
+    let mut old = lb.child.id() as i32;
+    for round in 0..5 {
+        let (ok, out) = lb_command(&["upgrade", "-c", lb.conf()]);
+        assert!(ok, "upgrade {round}: {out}\n{}", lb.log());
+        let new = read_pid(&lb.pid_file()).unwrap();
+        assert_ne!(new, old);
+        assert!(
+            wait_until(Duration::from_secs(20), || !pid_alive(old)),
+            "old process {old} still running after upgrade {round}:\n{}",
+            lb.log()
+        );
+        old = new;
+        wait_sent(sent.load(Ordering::SeqCst) + 200);
+    }
+    stopping.store(true, Ordering::SeqCst);
+    let (ok, out) = lb_command(&["stop", "-c", lb.conf()]);
+    assert!(ok, "stop: {out}\n{}", lb.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || !pid_alive(old)),
+        "{}",
+        lb.log()
+    );
+    stop.store(true, Ordering::SeqCst);
+    let mut total = StrictReport::default();
+    for t in threads {
+        let r = t.join().expect("load thread panicked");
+        total.ok += r.ok;
+        total.failed += r.failed;
+        total.closes += r.closes;
+        total.errors.extend(r.errors);
+    }
+    assert_eq!(total.failed, 0, "{:?}\n{}", total.errors, lb.log());
+    assert!(total.ok > 1000, "too little load: {total:?}");
+    assert!(
+        total.closes >= 5,
+        "draining processes said Connection: close: {total:?}"
+    );
+    eprintln!(
+        "{} keep-alive requests across 5 upgrades and a stop, 0 failed, {} answered with Connection: close",
+        total.ok, total.closes
+    );
+    let _ = lb.child.wait();
 }

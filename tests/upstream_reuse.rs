@@ -31,12 +31,15 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::*;
+use common::client::KeepAliveClient;
+use common::lb_conf::{fields, LbConf};
+use common::lb_process::Lb;
+use common::ports::unique_addr;
 
 /// A backend that answers `GET /x` with body `/x`, then `stray_after` later writes a second,
 /// unsolicited response with body `STRAY`.
 fn stray_backend(stray_after: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind(unique_addr()).unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -93,8 +96,11 @@ fn serve(conn: TcpStream, stray_after: Duration) {
 fn run(stray_after: Duration) -> (usize, usize, usize, usize) {
     let backend = stray_backend(stray_after);
     let lb = Lb::start(
-        &[backend.to_string()],
-        "  health_check: { type: none }\n  retries: 0\n  passive_health: { consecutive_failures: 0 }\n",
+        LbConf::new()
+            .upstream(backend)
+            .health(fields().set("type", "none"))
+            .retries(0)
+            .passive_health(fields().set("consecutive_failures", 0)),
     );
     let mut client = KeepAliveClient::new(lb.addr);
     let (mut right, mut stray, mut cascade, mut failed) = (0, 0, 0, 0);
