@@ -148,6 +148,15 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    /// Whether bytes of a pipelined request, read past the end of the previous one, are to be
+    /// fed to the next session: then that request may already be complete, and the caller must
+    /// not wait for the socket to become readable before starting the next session.
+    pub fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix
+            .as_ref()
+            .is_some_and(|prefix| !prefix.is_empty())
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,

@@ -160,6 +160,10 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
 }
 
+/// Extra header map capacity given to a parsed request, for the fields that a proxy typically
+/// adds before forwarding it.
+const REQUEST_HEADER_HEADROOM: usize = 4;
+
 impl HttpSession {
     /// Create a new http server session from an established (TCP or TLS) [`Stream`].
     /// The created session needs to call [`Self::read_request()`] first before performing
@@ -353,7 +357,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // Room for the fields a proxy adds (X-Forwarded-*, Via, ...): the
+                            // maps are sized once instead of grown and rehashed on each insert.
+                            Some(req.headers.len() + REQUEST_HEADER_HEADROOM),
                         )?);
 
                         request_header.set_version(match req.version {
