@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
@@ -215,8 +215,28 @@ impl<A> ClientApp<A> {
         .await
     }
 
+    /// Starts serving the next request: its session, handed to `inner`. A plain function, so
+    /// that the session (680 bytes) never becomes part of `process_new`'s future, whose size
+    /// every connection carries while it is idle.
+    fn serve<'a>(
+        &'a self,
+        stream: Stream,
+        settings: Option<HttpPersistentSettings>,
+        limit: Option<u32>,
+        shutdown: &'a ShutdownWatch,
+        idle: Duration,
+        conn: &Arc<ConnState>,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>>
+    where
+        A: HttpServerApp + Send + Sync + 'static,
+    {
+        let mut session = self.session(stream, settings, limit, shutdown, idle);
+        session.set_connection_user_context(Some(Box::new(conn.clone())));
+        self.inner.process_new_http(session, shutdown)
+    }
+
     /// The session for the next request, with the keep-alive settings carried from the previous
-    /// one. (A plain function, so that the session is not part of the idle connection's state.)
+    /// one.
     fn session(
         &self,
         stream: Stream,
@@ -291,15 +311,18 @@ where
         let mut first = true;
         loop {
             // Read afresh for every request, so that a reload's new limits apply at once.
-            let (client, idle) = {
+            let (header_timeout, idle) = {
                 let routing = self.routing.load();
-                (routing.config.client, routing.config.client_idle)
+                (
+                    routing.config.client.header_timeout,
+                    routing.config.client_idle,
+                )
             };
             let pipelined = settings.as_ref().is_some_and(has_pipelined_bytes);
             if !pipelined {
                 // A new connection must start its request within the header timeout.
                 let limit = if first {
-                    idle.min(client.header_timeout)
+                    idle.min(header_timeout)
                 } else {
                     idle
                 };
@@ -309,33 +332,40 @@ where
             }
             first = false;
             conn.header_done.store(false, Ordering::Release);
-            let mut session = self.session(stream, settings.take(), limit, shutdown, idle);
-            session.set_connection_user_context(Some(Box::new(conn.clone())));
-            let serve = self.inner.process_new_http(session, shutdown);
+            let serve = self.serve(stream, settings.take(), limit, shutdown, idle, &conn);
             tokio::pin!(serve);
-            let deadline = pingora::time::sleep(client.header_timeout);
+            // Not registered until polled, and polled only while the header is incomplete: a
+            // request whose header was read on the first poll (nearly every one) costs no timer.
+            let deadline = pingora::time::sleep(header_timeout);
             tokio::pin!(deadline);
-            let reused = tokio::select! {
-                biased;
-                reused = &mut serve => reused,
-                () = &mut deadline => {
-                    if conn.header_done.load(Ordering::Acquire) {
-                        serve.await
-                    } else {
-                        // The header did not arrive in time: dropping the request's task
-                        // closes the connection.
-                        log::debug!(
-                            "client request header not complete after {:?}: closing",
-                            client.header_timeout
-                        );
-                        metrics
-                            .client_rejected
-                            .with_label_values(&["header_timeout"])
-                            .inc();
-                        return None;
+            let mut expired = false;
+            let served = poll_fn(|cx| {
+                if let Poll::Ready(reused) = serve.as_mut().poll(cx) {
+                    return Poll::Ready(Some(reused));
+                }
+                if !expired
+                    && !conn.header_done.load(Ordering::Acquire)
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    expired = true;
+                    if !conn.header_done.load(Ordering::Acquire) {
+                        return Poll::Ready(None);
                     }
                 }
-            }?;
+                Poll::Pending
+            })
+            .await;
+            let Some(reused) = served else {
+                // The header did not arrive in time: dropping the request's task closes the
+                // connection.
+                log::debug!("client request header not complete after {header_timeout:?}: closing");
+                metrics
+                    .client_rejected
+                    .with_label_values(&["header_timeout"])
+                    .inc();
+                return None;
+            };
+            let reused = reused?;
             (stream, settings) = reused.consume();
         }
     }

@@ -229,9 +229,15 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // The task lives as long as the connection, and its future is as large as
+                    // its largest state: the stream before the handshake (432 bytes) and the
+                    // handshake under its timeout (1,312 bytes) are boxed, so that a connection
+                    // does not carry them while it is being served or idle.
+                    let io = Box::new(io);
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        let handshake = Box::pin(timeout(Duration::from_secs(60), (*io).handshake()));
+                        match handshake.await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
