@@ -229,12 +229,14 @@ impl Discovery {
                     .inc();
                 // Once per change of state: the first failure after a success, or a new reason.
                 if state.last_error.as_deref() != Some(reason.as_str()) {
+                    let kept = match state.found.len() {
+                        0 => "no addresses yet".to_string(),
+                        1 => "keeping the last address".to_string(),
+                        n => format!("keeping the last {n} addresses"),
+                    };
                     log::warn!(
-                        "discovery: lookup of {} for pool {} failed: {reason}; keeping the last {} address{}, retrying with backoff",
-                        target,
+                        "discovery: lookup of {target} for pool {} failed: {reason}; {kept}, retrying with backoff",
                         pool.name,
-                        state.found.len(),
-                        if state.found.len() == 1 { "" } else { "es" },
                     );
                 }
                 state.last_error = Some(reason);
