@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::backends::Backend;
+use common::browser::Browser;
 use common::client::{get, request, try_get};
 use common::lb_conf::{fast_checks, quoted, LbConf, Upstream};
 use common::lb_process::{lb_command, Lb, TempDir};
@@ -491,4 +492,51 @@ fn the_deploy_examples_are_valid() {
     if let Err(e) = lb::config::Config::from_yaml(&text) {
         panic!("deploy/consul/lb.yaml: {e}");
     }
+}
+
+#[test]
+fn the_status_page_groups_discovered_upstreams_under_their_name() {
+    let port = unique_port();
+    let static_backend = Backend::start("static");
+    let _b2 = Backend::start_on("b2", loopback(2, port));
+    let _b3 = Backend::start_on("b3", loopback(3, port));
+    let dns = Dns::start(a_records("api.test.", &[2, 3], 1));
+    let lb = Lb::start(
+        lb_conf(
+            &dns,
+            Upstream::dns(format!("api.test:{port}")),
+            "ipv6: false",
+        )
+        .upstream(&static_backend),
+    );
+    let browser = Browser::start().unwrap_or_else(|e| panic!("{e}"));
+    browser.goto(&format!("http://{}/", lb.admin())).unwrap();
+    assert!(browser.wait_for(
+        Duration::from_secs(10),
+        "return document.querySelectorAll('#upstreams tr[data-addr]').length === 3;"
+    ));
+    // The static upstream first, then the name's heading, then its two addresses.
+    let rows = browser
+        .eval(
+            "return [...document.querySelectorAll('#upstreams tbody tr')]
+                .map(tr => tr.dataset.addr || ('name ' + tr.dataset.name + ' ' + tr.textContent));",
+        )
+        .unwrap();
+    let rows: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(rows[0], static_backend.addr.to_string());
+    assert!(
+        rows[1].starts_with(&format!("name dns:api.test:{port} "))
+            && rows[1].contains("2 addresses"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows[2..],
+        [loopback(2, port).to_string(), loopback(3, port).to_string()]
+    );
 }

@@ -9,6 +9,12 @@
 //! ordinary upstreams; the operations layer rebuilds the routing when a set changes, exactly as
 //! a reload does for a changed upstream list.
 //!
+//! pingora's `ServiceDiscovery` trait is not used: it would change the backends inside one
+//! pingora `LoadBalancer`, whereas lb picks upstreams itself (its `Pool`, with the state kept
+//! in the registry) and uses pingora's set only for the health checks; a changed set must
+//! reach the picking, the checks, the admin API and the metrics alike, which a new routing
+//! does.
+//!
 //! Depends on: [`crate::config`], [`crate::observe`] (its metrics); the resolver is
 //! hickory-resolver (see [`lookup`]).
 
