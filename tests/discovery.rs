@@ -540,3 +540,28 @@ fn the_status_page_groups_discovered_upstreams_under_their_name() {
         [loopback(2, port).to_string(), loopback(3, port).to_string()]
     );
 }
+
+#[test]
+fn dns_names_give_ipv4_and_ipv6_addresses_unless_ipv6_is_off() {
+    let port = unique_port();
+    let _v4 = Backend::start_on("v4", loopback(2, port));
+    let _v6 = Backend::start_on(
+        "v6",
+        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), port),
+    );
+    let dns = Dns::start(json!({
+        "both.test.": { "ttl": 1, "A": ["127.0.0.2"], "AAAA": ["::1"] },
+    }));
+    let lb = Lb::start(lb_conf(
+        &dns,
+        Upstream::dns(format!("both.test:{port}")),
+        "ipv6: true",
+    ));
+    assert_eq!(names(&spread(lb.addr, 10)), ["v4", "v6"]);
+    let lb = Lb::start(lb_conf(
+        &dns,
+        Upstream::dns(format!("both.test:{port}")),
+        "ipv6: false",
+    ));
+    assert_eq!(names(&spread(lb.addr, 10)), ["v4"]);
+}
