@@ -3,6 +3,7 @@
 //! new routing from the current one and swaps it in, as a reload does: a new address gets its
 //! first health check before it takes traffic, a removed one finishes its requests in flight.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,11 +39,20 @@ const TICK: Duration = Duration::from_millis(250);
 pub(crate) struct DiscoveryService {
     routing: SharedRouting,
     discovery: Arc<Discovery>,
+    /// A changed set could not be applied (the routing could not be built): try again.
+    pending: AtomicBool,
+    /// The last attempt to apply failed (so that the failure is logged once).
+    failing: AtomicBool,
 }
 
 impl DiscoveryService {
     pub(crate) fn new(routing: SharedRouting, discovery: Arc<Discovery>) -> Self {
-        DiscoveryService { routing, discovery }
+        DiscoveryService {
+            routing,
+            discovery,
+            pending: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+        }
     }
 
     /// One pass: the due lookups, concurrently, then the new routing if a set changed.
@@ -50,6 +60,11 @@ impl DiscoveryService {
         let routing = self.routing.load_full();
         let due = self.discovery.due(&routing.config);
         if due.is_empty() {
+            // A reload meanwhile may have dropped names.
+            self.discovery.retain(&routing.config);
+            if self.pending.swap(false, Ordering::Relaxed) {
+                self.apply().await;
+            }
             return;
         }
         let changed = futures::future::join_all(
@@ -59,7 +74,7 @@ impl DiscoveryService {
         .await;
         // A reload meanwhile may have dropped a name just looked up.
         self.discovery.retain(&self.routing.load().config);
-        if changed.into_iter().any(|c| c) {
+        if changed.into_iter().any(|c| c) || self.pending.swap(false, Ordering::Relaxed) {
             self.apply().await;
         }
     }
@@ -76,10 +91,15 @@ impl DiscoveryService {
         let next = match build_routing(config, current.registry.clone(), Some(&current)) {
             Ok(next) => next,
             Err(e) => {
-                log::error!("discovery: the new upstream set was not applied: {e}");
+                // Logged once; retried on every pass until it works.
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    log::error!("discovery: the new upstream set was not applied: {e}; retrying");
+                }
+                self.pending.store(true, Ordering::Relaxed);
                 return;
             }
         };
+        self.failing.store(false, Ordering::Relaxed);
         // As on reload: kept upstreams keep their state, new ones get their first check now.
         next.check_round().await;
         log::info!(
