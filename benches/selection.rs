@@ -23,6 +23,7 @@ fn pool(selection: Selection, size: usize) -> Pool {
                 weight: 1 + i % 4,
                 max_conns: None,
                 backup: false,
+                origin: None,
             }
         })
         .collect();

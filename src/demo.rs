@@ -114,6 +114,7 @@ pub fn run(listen: SocketAddr) -> Result<(), DemoError> {
             weight: 1,
             max_conns: None,
             backup: false,
+            origin: None,
         });
         listeners.push(listener);
     }

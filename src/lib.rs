@@ -4,6 +4,7 @@
 //! - [`clock`], [`outcome`]: the process clock and the vocabulary of an attempt's outcome;
 //! - [`config`]: reads and validates the YAML file;
 //! - [`observe`]: metrics, per-upstream recent history, the access log;
+//! - [`discovery`]: `dns:` and `srv:` upstreams, looked up in the background (hickory-resolver);
 //! - [`balancer`]: the routing snapshot, each upstream's live state, selection, passive health,
 //!   retry budget;
 //! - [`health`]: the active health checks;
@@ -18,6 +19,7 @@ pub mod cli;
 mod clock;
 pub mod config;
 pub mod demo;
+mod discovery;
 mod health;
 mod observe;
 pub mod ops;

@@ -8,7 +8,17 @@ use std::path::Path;
 
 /// Top-level modules, lowest layer first. A module may use those before it in this list.
 const LAYERS: &[&str] = &[
-    "clock", "outcome", "config", "observe", "balancer", "health", "proxy", "admin", "ops", "demo",
+    "clock",
+    "outcome",
+    "config",
+    "observe",
+    "discovery",
+    "balancer",
+    "health",
+    "proxy",
+    "admin",
+    "ops",
+    "demo",
     "cli",
 ];
 

@@ -29,6 +29,7 @@ use crate::balancer::upstream::ALL_STATES;
 use crate::balancer::{AdminState, Member, Routing, SharedRouting};
 use crate::clock::now_ms;
 use crate::config::MAX_WEIGHT;
+use crate::discovery::Discovery;
 use crate::observe::metrics::STATUS_CLASSES;
 use crate::proxy::InFlight;
 
@@ -92,6 +93,8 @@ pub(crate) struct AdminApp {
     started: Instant,
     phase: Phase,
     on_change: OnChange,
+    /// The `dns:`/`srv:` names and their last lookups.
+    discovery: Arc<Discovery>,
 }
 
 impl AdminApp {
@@ -100,6 +103,7 @@ impl AdminApp {
         in_flight: InFlight,
         phase: Phase,
         on_change: OnChange,
+        discovery: Arc<Discovery>,
     ) -> Self {
         AdminApp {
             routing,
@@ -107,6 +111,7 @@ impl AdminApp {
             started: Instant::now(),
             phase,
             on_change,
+            discovery,
         }
     }
 }
@@ -414,6 +419,22 @@ impl AdminApp {
                 .iter()
                 .flat_map(|pool| pool.members.iter().map(move |m| upstream_json(pool, m, now)))
                 .collect::<Vec<_>>(),
+            // Each followed name (`origin` of its upstreams) and its last lookups.
+            "discovery": self
+                .discovery
+                .view()
+                .into_iter()
+                .map(|name| json!({
+                    "pool": name.pool,
+                    "name": name.target,
+                    "addresses": name.state.found.iter().map(|f| f.addr.to_string()).collect::<Vec<_>>(),
+                    "last_refresh": name.state.last_refresh.map(rfc3339),
+                    "last_success": name.state.last_success.map(rfc3339),
+                    "last_error": name.state.last_error,
+                    "refreshes_total": name.state.refreshes,
+                    "errors_total": name.state.errors,
+                }))
+                .collect::<Vec<_>>(),
         })
     }
 
@@ -495,6 +516,8 @@ fn upstream_json(pool: &Pool, member: &Member, now: u64) -> Value {
         "pool": pool.config.name,
         "addr": member.upstream.addr.to_string(),
         "name": member.upstream.name,
+        // The `dns:`/`srv:` name it was discovered from; null when written as an address.
+        "origin": member.upstream.origin,
         "backup": member.upstream.backup,
         "weight": state.weight(member.upstream.weight),
         "configured_weight": member.upstream.weight,

@@ -184,6 +184,7 @@ mod tests {
             weight: 1,
             max_conns: None,
             backup: false,
+            origin: None,
         }
     }
 

@@ -37,6 +37,7 @@ pub(crate) struct RawLb {
     pub(crate) passive_health: Option<RawPassiveHealth>,
     pub(crate) slow_start: Option<DurationValue>,
     pub(crate) queue: Option<RawQueue>,
+    pub(crate) discovery: Option<RawDiscovery>,
 }
 
 /// `lb.limits`: what one client connection or request may use.
@@ -153,6 +154,7 @@ impl RawLb {
             passive_health: self.passive_health.clone(),
             slow_start: self.slow_start,
             queue: self.queue.clone(),
+            discovery: self.discovery.clone(),
         }
     }
 }
@@ -170,6 +172,7 @@ pub(crate) struct RawPool {
     pub(crate) passive_health: Option<RawPassiveHealth>,
     pub(crate) slow_start: Option<DurationValue>,
     pub(crate) queue: Option<RawQueue>,
+    pub(crate) discovery: Option<RawDiscovery>,
 }
 
 /// `a.or(b)` for each field, and recursively for blocks: what `self` leaves out, `defaults`
@@ -199,6 +202,7 @@ impl Merge for RawPool {
             passive_health: merge_block(self.passive_health, &d.passive_health),
             slow_start: self.slow_start.or(d.slow_start),
             queue: merge_block(self.queue, &d.queue),
+            discovery: merge_block(self.discovery, &d.discovery),
         }
     }
 }
@@ -466,19 +470,48 @@ pub(crate) struct RawHealthCheck {
     pub(crate) expect_status: Option<Vec<StatusValue>>,
 }
 
-/// An upstream written either as `"host:port"` or as `{ addr: "host:port", weight: N, ... }`.
-#[derive(Default, Clone)]
+/// An upstream written either as `"host:port"` or as a map: `{ addr: "host:port", weight: N,
+/// ... }`, `{ dns: "name:port", ... }` (every address of the name) or `{ srv: "_svc._proto.name",
+/// ... }` (the targets of the SRV records).
+#[derive(Clone)]
 pub(crate) struct RawUpstream {
-    pub(crate) addr: String,
+    pub(crate) source: RawSource,
     pub(crate) weight: Option<usize>,
     pub(crate) max_conns: Option<usize>,
     pub(crate) backup: Option<bool>,
 }
 
+/// Where an upstream entry's addresses come from.
+#[derive(Clone)]
+pub(crate) enum RawSource {
+    /// One address, resolved once at load.
+    Addr(String),
+    /// `dns:`: a name and port, followed in the background.
+    Dns(String),
+    /// `srv:`: an SRV name, followed in the background.
+    Srv(String),
+    /// A map with none or several of `addr`, `dns`, `srv` (an error at validation).
+    Ambiguous(usize),
+}
+
+impl RawUpstream {
+    /// A static upstream at `addr`, with every setting left out.
+    pub(crate) fn addr(addr: &str) -> Self {
+        RawUpstream {
+            source: RawSource::Addr(addr.to_owned()),
+            weight: None,
+            max_conns: None,
+            backup: None,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstreamLong {
-    pub(crate) addr: String,
+    pub(crate) addr: Option<String>,
+    pub(crate) dns: Option<String>,
+    pub(crate) srv: Option<String>,
     pub(crate) weight: Option<usize>,
     pub(crate) max_conns: Option<usize>,
     pub(crate) backup: Option<bool>,
@@ -490,19 +523,26 @@ impl<'de> Deserialize<'de> for RawUpstream {
         impl<'de> Visitor<'de> for UpstreamVisitor {
             type Value = RawUpstream;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an address such as \"127.0.0.1:8081\" or { addr: \"127.0.0.1:8081\", weight: 2 }")
+                f.write_str("an address such as \"127.0.0.1:8081\" or { addr: \"127.0.0.1:8081\", weight: 2 }, { dns: \"name:port\" }, { srv: \"_http._tcp.name\" }")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUpstream, E> {
-                Ok(RawUpstream {
-                    addr: v.to_owned(),
-                    ..RawUpstream::default()
-                })
+                Ok(RawUpstream::addr(v))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUpstream, A::Error> {
                 let long =
                     RawUpstreamLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let given = [&long.addr, &long.dns, &long.srv]
+                    .iter()
+                    .filter(|v| v.is_some())
+                    .count();
+                let source = match (long.addr, long.dns, long.srv) {
+                    (Some(addr), None, None) => RawSource::Addr(addr),
+                    (None, Some(dns), None) => RawSource::Dns(dns),
+                    (None, None, Some(srv)) => RawSource::Srv(srv),
+                    _ => RawSource::Ambiguous(given),
+                };
                 Ok(RawUpstream {
-                    addr: long.addr,
+                    source,
                     weight: long.weight,
                     max_conns: long.max_conns,
                     backup: long.backup,
@@ -510,6 +550,31 @@ impl<'de> Deserialize<'de> for RawUpstream {
             }
         }
         deserializer.deserialize_any(UpstreamVisitor)
+    }
+}
+
+/// `discovery:`: how `dns:` and `srv:` upstreams are looked up and followed.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDiscovery {
+    pub(crate) resolvers: Option<Vec<String>>,
+    pub(crate) refresh: Option<String>,
+    pub(crate) min_refresh: Option<DurationValue>,
+    pub(crate) max_refresh: Option<DurationValue>,
+    pub(crate) ipv6: Option<bool>,
+    pub(crate) allow_empty: Option<bool>,
+}
+
+impl Merge for RawDiscovery {
+    fn over(self, d: &Self) -> Self {
+        RawDiscovery {
+            resolvers: self.resolvers.or_else(|| d.resolvers.clone()),
+            refresh: self.refresh.or_else(|| d.refresh.clone()),
+            min_refresh: self.min_refresh.or(d.min_refresh),
+            max_refresh: self.max_refresh.or(d.max_refresh),
+            ipv6: self.ipv6.or(d.ipv6),
+            allow_empty: self.allow_empty.or(d.allow_empty),
+        }
     }
 }
 

@@ -327,3 +327,70 @@ fn rate_limit_is_read_and_checked() {
     ));
     assert!(e.starts_with("lb.limits.rate.burst"), "{e}");
 }
+
+#[test]
+fn dns_and_srv_upstreams_are_checked_and_kept_apart_from_static_ones() {
+    let c = Config::from_yaml(
+        "lb:\n  listen: [\"127.0.0.1:8080\"]\n  upstreams:\n    - 127.0.0.1:9000\n    - { dns: Api.Example.internal:8080, weight: 2, max_conns: 10 }\n    - { srv: _http._tcp.api.service.consul, backup: true }\n  discovery: { resolvers: [127.0.0.1, \"127.0.0.1:8600\"], refresh: 5s, min_refresh: 2s, ipv6: false }\n",
+    )
+    .unwrap();
+    let pool = &c.lb.pools[0];
+    assert_eq!(pool.upstreams.len(), 1);
+    assert_eq!(pool.discovered.len(), 2);
+    assert_eq!(
+        pool.discovered[0].target,
+        DiscoveryTarget::Dns {
+            host: "api.example.internal".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(pool.discovered[0].weight, 2);
+    assert_eq!(pool.discovered[0].max_conns, Some(10));
+    assert!(pool.discovered[1].backup);
+    assert_eq!(pool.discovered[1].key, "lb.upstreams[2]");
+    let d = &pool.discovery;
+    assert_eq!(d.resolvers.len(), 2);
+    assert_eq!(d.resolvers[0].port(), 53);
+    assert_eq!(d.refresh, Refresh::Every(Duration::from_secs(5)));
+    assert_eq!(d.max_refresh, Duration::from_secs(300));
+    assert!(!d.ipv6 && !d.allow_empty);
+}
+
+#[test]
+fn discovery_keys_merge_from_lb_level_into_pools() {
+    let c = Config::from_yaml(
+        "lb:\n  listen: [\"127.0.0.1:8080\"]\n  discovery: { min_refresh: 3s, allow_empty: true }\n  pools:\n    api:\n      upstreams: [{ dns: \"api.test:80\" }]\n      discovery: { max_refresh: 10s }\n",
+    )
+    .unwrap();
+    let d = &c.lb.pools[0].discovery;
+    assert_eq!(d.min_refresh, Duration::from_secs(3));
+    assert_eq!(d.max_refresh, Duration::from_secs(10));
+    assert!(d.allow_empty);
+}
+
+#[test]
+fn bad_discovery_entries_name_their_key() {
+    let cases = [
+        ("upstreams: [{ dns: api.test }]", "lb.upstreams[0].dns", "needs a port"),
+        ("upstreams: [{ dns: \"10.0.0.1:80\" }]", "lb.upstreams[0].dns", "not a name"),
+        ("upstreams: [{ dns: \"bad name:80\" }]", "lb.upstreams[0].dns", "not a valid DNS name"),
+        ("upstreams: [{ srv: api.service.consul }]", "lb.upstreams[0].srv", "_service._proto.name"),
+        ("upstreams: [{ srv: \"_http._tcp\" }]", "lb.upstreams[0].srv", "_service._proto.name"),
+        ("upstreams: [{ srv: _http._tcp.api, weight: 2 }]", "lb.upstreams[0].weight", "SRV records"),
+        ("upstreams: [{ dns: \"a.test:80\", addr: \"127.0.0.1:80\" }]", "lb.upstreams[0]", "only one"),
+        ("upstreams: [{ weight: 2 }]", "lb.upstreams[0]", "one of addr, dns or srv"),
+        ("upstreams: [{ dns: \"a.test:80\" }, { dns: \"A.test:80\" }]", "lb.upstreams[1]", "already followed"),
+        ("upstreams: [{ dns: \"a.test:80\", backup: true }]", "lb.upstreams", "backup"),
+        ("upstreams: [{ dns: \"a.test:80\" }]\n  discovery: { refresh: 500ms }", "lb.discovery.refresh", "below min_refresh"),
+        ("upstreams: [{ dns: \"a.test:80\" }]\n  discovery: { refresh: often }", "lb.discovery.refresh", "ttl"),
+        ("upstreams: [{ dns: \"a.test:80\" }]\n  discovery: { min_refresh: 10s, max_refresh: 5s }", "lb.discovery.max_refresh", "below min_refresh"),
+        ("upstreams: [{ dns: \"a.test:80\" }]\n  discovery: { resolvers: [dns.google] }", "lb.discovery.resolvers[0]", "not an address"),
+        ("upstreams: [{ dns: \"a.test:80\" }]\n  discovery: { refersh: 5s }", "refersh", "refresh"),
+        ("upstreams: [{ dnss: \"a.test:80\" }]", "dnss", "dns"),
+    ];
+    for (yaml, key, reason) in cases {
+        let text = format!("lb:\n  listen: [\"127.0.0.1:8080\"]\n  {yaml}\n");
+        let e = Config::from_yaml(&text).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(reason), "{yaml}: {e}");
+    }
+}

@@ -52,6 +52,77 @@ pub struct Upstream {
     pub max_conns: Option<usize>,
     /// Used only while no primary (non-backup) upstream is usable.
     pub backup: bool,
+    /// The `dns:`/`srv:` name this address was discovered from (see [`DiscoveryTarget`]'s
+    /// text form); `None` for an upstream written as an address.
+    pub origin: Option<String>,
+}
+
+/// A name followed in the background: each of its addresses is an upstream of the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DiscoveryTarget {
+    /// `dns: host:port`: every A (and AAAA) address of `host`, on `port`.
+    Dns { host: String, port: u16 },
+    /// `srv: _service._proto.name`: each SRV target's addresses, on its port, with its weight;
+    /// targets of a priority below the best are backups.
+    Srv { name: String },
+}
+
+impl fmt::Display for DiscoveryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiscoveryTarget::Dns { host, port } => write!(f, "dns:{host}:{port}"),
+            DiscoveryTarget::Srv { name } => write!(f, "srv:{name}"),
+        }
+    }
+}
+
+/// One `dns:` or `srv:` entry of a pool's `upstreams`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredName {
+    /// The key path of the entry (`lb.pools.api.upstreams[2]`), for errors.
+    pub key: String,
+    pub target: DiscoveryTarget,
+    /// `dns:` only: the weight of each address (SRV records carry their own).
+    pub weight: usize,
+    pub max_conns: Option<usize>,
+    pub backup: bool,
+}
+
+/// How often a name is looked up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// When the answer's TTL runs out, within `min_refresh`..`max_refresh`.
+    Ttl,
+    /// At this fixed interval (also within `min_refresh`..`max_refresh`).
+    Every(Duration),
+}
+
+/// `discovery:`: how a pool's `dns:` and `srv:` upstreams are looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Name servers asked (UDP, then TCP for a truncated answer); empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
+    pub refresh: Refresh,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    /// Whether AAAA records are asked for as well as A records.
+    pub ipv6: bool,
+    /// Whether a name may resolve to nothing at start (the pool then starts without it).
+    pub allow_empty: bool,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            resolvers: Vec::new(),
+            refresh: Refresh::Ttl,
+            min_refresh: Duration::from_secs(1),
+            max_refresh: Duration::from_secs(300),
+            ipv6: true,
+            allow_empty: false,
+        }
+    }
 }
 
 /// The largest weight (as in HAProxy): keeps the round-robin schedule small.
@@ -290,6 +361,10 @@ pub struct PoolConfig {
     /// How long a newly healthy upstream takes to ramp up to its full weight; zero for at once.
     pub slow_start: Duration,
     pub queue: QueueConfig,
+    /// The `dns:`/`srv:` entries of `upstreams`; their current addresses are in `upstreams`
+    /// (with an `origin`), filled in by the discovery layer.
+    pub discovered: Vec<DiscoveredName>,
+    pub discovery: DiscoveryConfig,
 }
 
 impl PoolConfig {
@@ -306,6 +381,8 @@ impl PoolConfig {
             passive_health: PassiveHealth::default(),
             slow_start: Duration::ZERO,
             queue: QueueConfig::default(),
+            discovered: Vec::new(),
+            discovery: DiscoveryConfig::default(),
         }
     }
 }

@@ -180,9 +180,12 @@ fn validate_pool(
     server: &ServerConf,
     require_upstreams: bool,
 ) -> Result<PoolConfig, ConfigError> {
+    let (upstreams, discovered) = validate_upstreams(prefix, raw.upstreams, require_upstreams)?;
     Ok(PoolConfig {
         name: name.to_string(),
-        upstreams: validate_upstreams(prefix, raw.upstreams, require_upstreams)?,
+        upstreams,
+        discovered,
+        discovery: validate_discovery(prefix, raw.discovery.unwrap_or_default())?,
         selection: raw.selection.unwrap_or_default(),
         hash_key: match raw.hash_key {
             Some(text) => parse_hash_key(&text)
@@ -235,15 +238,16 @@ fn validate_listen(raw: Option<Vec<String>>) -> Result<Vec<SocketAddr>, ConfigEr
     Ok(listen)
 }
 
+/// A pool's `upstreams`: the static ones, and the `dns:`/`srv:` names to follow.
 fn validate_upstreams(
     prefix: &str,
     raw: Option<Vec<RawUpstream>>,
     required: bool,
-) -> Result<Vec<Upstream>, ConfigError> {
+) -> Result<(Vec<Upstream>, Vec<DiscoveredName>), ConfigError> {
     let key = format!("{prefix}.upstreams");
     let upstreams_raw = match raw {
         Some(list) => list,
-        None if !required => return Ok(Vec::new()),
+        None if !required => return Ok((Vec::new(), Vec::new())),
         None => {
             return Err(ConfigError::invalid(
                 key,
@@ -258,56 +262,273 @@ fn validate_upstreams(
         ));
     }
     let mut upstreams: Vec<Upstream> = Vec::with_capacity(upstreams_raw.len());
+    let mut discovered: Vec<DiscoveredName> = Vec::new();
     let mut seen = std::collections::HashMap::with_capacity(upstreams_raw.len());
     for (i, raw) in upstreams_raw.into_iter().enumerate() {
-        let addr = resolve(&format!("{key}[{i}].addr"), raw.addr.trim())?;
+        let entry = format!("{key}[{i}]");
         let weight = raw.weight.unwrap_or(1);
         if weight == 0 {
             return Err(ConfigError::invalid(
-                format!("{key}[{i}].weight"),
+                format!("{entry}.weight"),
                 "must be at least 1 (remove the upstream to send it nothing)",
             ));
         }
         if weight > MAX_WEIGHT {
             return Err(ConfigError::invalid(
-                format!("{key}[{i}].weight"),
+                format!("{entry}.weight"),
                 format!("{weight} is above the maximum of {MAX_WEIGHT}"),
             ));
         }
         if raw.max_conns == Some(0) {
             return Err(ConfigError::invalid(
-                format!("{key}[{i}].max_conns"),
+                format!("{entry}.max_conns"),
                 "must be at least 1 (leave it out for no limit)",
             ));
         }
+        let text = match raw.source {
+            RawSource::Addr(text) => text,
+            RawSource::Ambiguous(given) => {
+                return Err(ConfigError::invalid(
+                    entry,
+                    if given == 0 {
+                        "give one of addr, dns or srv"
+                    } else {
+                        "give only one of addr, dns and srv"
+                    },
+                ))
+            }
+            RawSource::Dns(text) => {
+                let target = parse_dns_target(text.trim())
+                    .map_err(|reason| ConfigError::invalid(format!("{entry}.dns"), reason))?;
+                push_discovered(
+                    &mut discovered,
+                    entry,
+                    target,
+                    weight,
+                    raw.max_conns,
+                    raw.backup,
+                )?;
+                continue;
+            }
+            RawSource::Srv(text) => {
+                if raw.weight.is_some() {
+                    return Err(ConfigError::invalid(
+                        format!("{entry}.weight"),
+                        "an srv upstream takes its weights from the SRV records",
+                    ));
+                }
+                let target = parse_srv_target(text.trim())
+                    .map_err(|reason| ConfigError::invalid(format!("{entry}.srv"), reason))?;
+                push_discovered(
+                    &mut discovered,
+                    entry,
+                    target,
+                    weight,
+                    raw.max_conns,
+                    raw.backup,
+                )?;
+                continue;
+            }
+        };
+        let addr = resolve(&format!("{entry}.addr"), text.trim())?;
         // A map, not a scan of the list: validation stays linear in the number of upstreams.
         if let Some(&other) = seen.get(&addr) {
             let other: &Upstream = &upstreams[other];
             return Err(ConfigError::invalid(
-                format!("{key}[{i}]"),
+                entry,
                 format!(
                     "`{}` is the same upstream as `{}`",
-                    cut(&raw.addr),
+                    cut(&text),
                     cut(&other.name)
                 ),
             ));
         }
         seen.insert(addr, upstreams.len());
         upstreams.push(Upstream {
-            name: raw.addr.trim().to_owned(),
+            name: text.trim().to_owned(),
             addr,
             weight,
             max_conns: raw.max_conns,
             backup: raw.backup.unwrap_or(false),
+            origin: None,
         });
     }
-    if !upstreams.is_empty() && upstreams.iter().all(|u| u.backup) {
+    let all_backups = upstreams.iter().all(|u| u.backup) && discovered.iter().all(|d| d.backup);
+    if (!upstreams.is_empty() || !discovered.is_empty()) && all_backups {
         return Err(ConfigError::invalid(
             key,
             "every upstream is a backup: at least one must be a primary",
         ));
     }
-    Ok(upstreams)
+    Ok((upstreams, discovered))
+}
+
+fn push_discovered(
+    list: &mut Vec<DiscoveredName>,
+    key: String,
+    target: DiscoveryTarget,
+    weight: usize,
+    max_conns: Option<usize>,
+    backup: Option<bool>,
+) -> Result<(), ConfigError> {
+    if let Some(other) = list.iter().find(|d| d.target == target) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("`{target}` is already followed by {}", other.key),
+        ));
+    }
+    list.push(DiscoveredName {
+        key,
+        target,
+        weight,
+        max_conns,
+        backup: backup.unwrap_or(false),
+    });
+    Ok(())
+}
+
+/// Whether `name` is a DNS name lb can look up: dot-separated labels of letters, digits, `-`
+/// and `_`, each 1 to 63 characters, 253 in all (a final dot allowed).
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// `host:port` of a `dns:` upstream.
+pub(crate) fn parse_dns_target(text: &str) -> Result<DiscoveryTarget, String> {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "`{}` needs a port (host:port), e.g. api.default.svc.cluster.local:8080",
+            cut(text)
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("`{}`: the port must be a number from 1 to 65535", cut(text)))?;
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return Err(format!(
+            "`{}` is an address, not a name: write it as a plain upstream",
+            cut(text)
+        ));
+    }
+    if !is_dns_name(host) {
+        return Err(format!("`{}` is not a valid DNS name", cut(host)));
+    }
+    Ok(DiscoveryTarget::Dns {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// `_service._proto.name` of an `srv:` upstream.
+pub(crate) fn parse_srv_target(text: &str) -> Result<DiscoveryTarget, String> {
+    let bad = || {
+        format!(
+            "`{}` is not of the form _service._proto.name, e.g. _http._tcp.api.service.consul",
+            cut(text)
+        )
+    };
+    if text.contains(':') {
+        return Err(format!(
+            "`{}`: an SRV name has no port (the records give it)",
+            cut(text)
+        ));
+    }
+    let mut labels = text.split('.');
+    let (Some(service), Some(proto)) = (labels.next(), labels.next()) else {
+        return Err(bad());
+    };
+    let rest: Vec<&str> = labels.collect();
+    if service.len() < 2
+        || !service.starts_with('_')
+        || proto.len() < 2
+        || !proto.starts_with('_')
+        || rest.iter().all(|l| l.is_empty())
+        || !is_dns_name(text)
+    {
+        return Err(bad());
+    }
+    Ok(DiscoveryTarget::Srv {
+        name: text.to_ascii_lowercase(),
+    })
+}
+
+/// The `discovery:` block: resolvers, refresh and its clamp.
+fn validate_discovery(prefix: &str, raw: RawDiscovery) -> Result<DiscoveryConfig, ConfigError> {
+    let defaults = DiscoveryConfig::default();
+    let key = |k: &str| format!("{prefix}.discovery.{k}");
+    let mut resolvers = Vec::new();
+    for (i, text) in raw.resolvers.unwrap_or_default().iter().enumerate() {
+        let text = text.trim();
+        let addr = match text.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, 53),
+                Err(_) => {
+                    return Err(ConfigError::invalid(
+                        key(&format!("resolvers[{i}]")),
+                        format!(
+                            "`{}` is not an address: write ip or ip:port, e.g. 127.0.0.1:53",
+                            cut(text)
+                        ),
+                    ))
+                }
+            },
+        };
+        resolvers.push(addr);
+    }
+    let min_refresh = non_zero(
+        &key("min_refresh"),
+        raw.min_refresh.map_or(defaults.min_refresh, |d| d.0),
+    )?;
+    let max_refresh = raw
+        .max_refresh
+        .map_or(defaults.max_refresh.max(min_refresh), |d| d.0);
+    if max_refresh < min_refresh {
+        return Err(ConfigError::invalid(
+            key("max_refresh"),
+            format!("{max_refresh:?} is below min_refresh ({min_refresh:?})"),
+        ));
+    }
+    let refresh = match raw.refresh.as_deref().map(str::trim) {
+        None | Some("ttl") => Refresh::Ttl,
+        Some(text) => {
+            let every = super::values::parse_duration(text).map_err(|reason| {
+                ConfigError::invalid(key("refresh"), format!("{reason}, or `ttl`"))
+            })?;
+            if every < min_refresh {
+                return Err(ConfigError::invalid(
+                    key("refresh"),
+                    format!("{every:?} is below min_refresh ({min_refresh:?})"),
+                ));
+            }
+            if every > max_refresh {
+                return Err(ConfigError::invalid(
+                    key("refresh"),
+                    format!("{every:?} is above max_refresh ({max_refresh:?})"),
+                ));
+            }
+            Refresh::Every(every)
+        }
+    };
+    Ok(DiscoveryConfig {
+        resolvers,
+        refresh,
+        min_refresh,
+        max_refresh,
+        ipv6: raw.ipv6.unwrap_or(defaults.ipv6),
+        allow_empty: raw.allow_empty.unwrap_or(defaults.allow_empty),
+    })
 }
 
 fn validate_queue(prefix: &str, raw: RawQueue) -> Result<QueueConfig, ConfigError> {

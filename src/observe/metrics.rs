@@ -47,6 +47,12 @@ pub(crate) struct Metrics {
     /// Client requests refused before forwarding, by reason (`header_timeout`, `body_timeout`,
     /// `header_too_large`, `body_too_large`, `malformed`).
     pub(crate) client_rejected: IntCounterVec,
+    /// Lookups of `dns:`/`srv:` names, and those that failed, by pool and name.
+    pub(crate) discovery_refreshes: IntCounterVec,
+    pub(crate) discovery_errors: IntCounterVec,
+    /// When a name last resolved (Unix seconds), and to how many addresses.
+    pub(crate) discovery_last_success: IntGaugeVec,
+    pub(crate) discovery_addresses: IntGaugeVec,
 }
 
 /// Latency buckets (seconds) shared by the histograms: 0.5 ms to 30 s.
@@ -114,6 +120,26 @@ impl Metrics {
         ));
         must(registry.register(Box::new(client_connections_rejected.clone())));
         Metrics {
+            discovery_refreshes: counter(
+                "lb_discovery_refreshes_total",
+                "Lookups of a dns: or srv: upstream name, failed ones included.",
+                &["pool", "name"],
+            ),
+            discovery_errors: counter(
+                "lb_discovery_errors_total",
+                "Failed lookups of a dns: or srv: upstream name (the last good set is kept).",
+                &["pool", "name"],
+            ),
+            discovery_last_success: gauge(
+                "lb_discovery_last_success_timestamp_seconds",
+                "When a dns: or srv: upstream name last resolved, in Unix seconds.",
+                &["pool", "name"],
+            ),
+            discovery_addresses: gauge(
+                "lb_discovery_addresses",
+                "Addresses a dns: or srv: upstream name resolved to at its last successful lookup.",
+                &["pool", "name"],
+            ),
             client_connections: single(
                 "lb_client_connections",
                 "Client connections open now.",
@@ -209,6 +235,16 @@ impl Metrics {
 
     /// Forgets the series of an upstream that left the configuration; `states` are the labels
     /// its `lb_upstream_state` series may carry.
+    /// Removes the series of a name no longer followed.
+    pub(crate) fn forget_discovered(&self, pool: &str, name: &str) {
+        let _ = self.discovery_refreshes.remove_label_values(&[pool, name]);
+        let _ = self.discovery_errors.remove_label_values(&[pool, name]);
+        let _ = self
+            .discovery_last_success
+            .remove_label_values(&[pool, name]);
+        let _ = self.discovery_addresses.remove_label_values(&[pool, name]);
+    }
+
     pub(crate) fn forget_upstream(&self, pool: &str, addr: &str, states: &[&str]) {
         let _ = self.upstream_requests.remove_label_values(&[pool, addr]);
         let _ = self.upstream_retries.remove_label_values(&[pool, addr]);

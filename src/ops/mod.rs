@@ -9,12 +9,14 @@
 //! - [`preflight`]: what start-up needs from the machine, checked by `lb -t` and every start;
 //! - [`instance`]: the pid and status files a running instance is found by;
 //! - [`control`]: `lb reload | upgrade | stop`, driving a running instance from outside.
+//! - [`discovery`]: `dns:`/`srv:` upstreams looked up at start and followed in the background;
 //! - [`fd_limit`]: the open-files limit, raised at start, and the client connections it allows.
 //!
 //! The top layer: depends on everything below (balancer, health, proxy, observe, admin,
 //! config); nothing depends on it but `main`, the demo and the tests.
 
 pub mod control;
+pub(crate) mod discovery;
 mod fd_limit;
 pub mod handover;
 pub mod instance;

@@ -1,6 +1,7 @@
 //! What start-up needs from the machine, checked before anything is started, by `lb -t` and
 //! by every start: listen addresses that can be bound, and the directories and files lb writes
-//! (`pid_file`, `upgrade_sock`, `error_log`, `lb.access_log.path`). Each failure names its key,
+//! (`pid_file`, `upgrade_sock`, `error_log`, `lb.access_log.path`); `lb -t` also looks up the
+//! `dns:`/`srv:` upstream names (a start does that when it builds the server). Each failure names its key,
 //! so that nothing fails later, half-started, in a service thread or after daemonizing.
 //!
 //! lb's default runtime directory (see [`server_defaults::runtime_dir`]) may be missing: start
@@ -80,7 +81,17 @@ pub fn check(config: &Config, mode: Mode) -> Result<(), PreflightError> {
                     .unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
-            check_bindable(config, &held)
+            check_bindable(config, &held)?;
+            // `dns:`/`srv:` names must resolve, as at start (unless allowed empty).
+            let discovery = crate::discovery::Discovery::new(std::sync::Arc::new(
+                crate::observe::metrics::Metrics::new(),
+            ));
+            super::discovery::resolve_at_start(&discovery, &config.lb).map_err(|e| {
+                PreflightError {
+                    reason: format!("`{}` does not resolve: {} (set discovery.allow_empty: true to start without its addresses)", e.target, e.reason),
+                    key: e.key,
+                }
+            })
         }
     }
 }

@@ -17,6 +17,7 @@ use pingora::services::background::BackgroundService;
 use super::instance::{InstanceFiles, Status};
 use crate::balancer::{Registry, Routing, SharedRouting};
 use crate::config::{Config, LbConfig, PoolConfig, Upstream};
+use crate::discovery::Discovery;
 use crate::health;
 
 /// Builds the routing for `config` with its active health check (see [`Routing::new`]).
@@ -39,6 +40,8 @@ pub(crate) enum ReloadError {
     NeedsUpgrade(String),
     #[error("lb.access_log.path: cannot open {0}; nothing was changed")]
     AccessLog(String),
+    #[error("{0}; nothing was changed")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
 }
 
 /// Re-reads the configuration on SIGHUP and applies what can change in place.
@@ -52,10 +55,17 @@ pub(crate) struct ReloadService {
     started_proxy_listen: Vec<SocketAddr>,
     files: InstanceFiles,
     status: Mutex<Status>,
+    /// The discovered sets, applied on top of each new configuration.
+    discovery: Arc<Discovery>,
 }
 
 impl ReloadService {
-    pub(crate) fn new(routing: SharedRouting, config_path: PathBuf, config: &Config) -> Self {
+    pub(crate) fn new(
+        routing: SharedRouting,
+        config_path: PathBuf,
+        config: &Config,
+        discovery: Arc<Discovery>,
+    ) -> Self {
         let files = InstanceFiles::new(&config.server.pid_file);
         let status = Status {
             config: config_path.clone(),
@@ -70,6 +80,7 @@ impl ReloadService {
             started_proxy_listen: config.lb.listen.clone(),
             files,
             status: Mutex::new(status),
+            discovery,
         }
     }
 
@@ -104,9 +115,16 @@ impl ReloadService {
             };
             return Err(ReloadError::NeedsUpgrade(key.to_string()));
         }
+        // Discovery waits while this reload applies, and then builds on it.
+        let _applying = self.discovery.apply.lock().await;
+        let mut lb = config.lb;
+        // Names the file adds are looked up now; the others keep their current sets.
+        self.discovery.resolve_new(&lb).await?;
+        self.discovery.expand(&mut lb);
+        self.discovery.retain(&lb);
         let current = self.routing.load_full();
-        let log_format = config.lb.log_format;
-        let next = build_routing(config.lb, current.registry.clone(), Some(&current))
+        let log_format = lb.log_format;
+        let next = build_routing(lb, current.registry.clone(), Some(&current))
             .map_err(|e| ReloadError::AccessLog(e.to_string()))?;
         // Settle the new upstream set before it takes traffic: kept upstreams keep their
         // state, new ones get their first check now.
@@ -210,7 +228,7 @@ fn changed_keys(before: &serde_yaml_ng::Value, after: &serde_yaml_ng::Value) -> 
 }
 
 /// A one-line account of what a reload changed.
-fn describe_changes(before: &LbConfig, after: &LbConfig) -> String {
+pub(crate) fn describe_changes(before: &LbConfig, after: &LbConfig) -> String {
     let names = |c: &LbConfig| -> Vec<String> { c.pools.iter().map(|p| p.name.clone()).collect() };
     let (old, new) = (names(before), names(after));
     let mut parts = Vec::new();

@@ -11,6 +11,7 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::services::listening::Service;
 
+use super::discovery::DiscoveryService;
 use super::handover::{HandoverService, ListenerTable, SavedStateUse, Signals};
 use super::instance::InstanceFiles;
 use super::lifecycle::{notify_upgrader, LifecycleService, UpgradeStage};
@@ -18,6 +19,7 @@ use super::reload::{build_routing, ReloadService};
 use crate::admin::{AdminApp, Phase};
 use crate::balancer::Registry;
 use crate::config::{server_defaults, Config};
+use crate::discovery::Discovery;
 use crate::health::HealthService;
 use crate::proxy::{ClientApp, ClientConnections, InFlight, LbProxy};
 
@@ -28,6 +30,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, reason: String },
     #[error("lb.access_log.path: cannot open {0}")]
     AccessLog(String),
+    #[error("{0}")]
+    Discovery(String),
 }
 
 /// The assembled server with lb's signal handling, ready to run.
@@ -69,11 +73,25 @@ pub fn build(
             .grace_period_seconds
             .unwrap_or(server_defaults::GRACE_PERIOD_SECONDS),
     );
-    let routing = build_routing(config.lb.clone(), Registry::new(), None)
+    let registry = Registry::new();
+    // `dns:`/`srv:` names are looked up before anything starts: one that does not resolve
+    // fails the start, naming its key.
+    let discovery = Discovery::new(registry.metrics().clone());
+    super::discovery::resolve_at_start(&discovery, &config.lb)
+        .map_err(|e| StartError::Discovery(e.to_string()))?;
+    let mut lb = config.lb.clone();
+    discovery.expand(&mut lb);
+    let routing = build_routing(lb, registry, None)
         .map_err(|e| StartError::AccessLog(e.to_string()))?
         .shared();
-    let reload =
-        config_path.map(|path| Arc::new(ReloadService::new(routing.clone(), path, &config)));
+    let reload = config_path.map(|path| {
+        Arc::new(ReloadService::new(
+            routing.clone(),
+            path,
+            &config,
+            discovery.clone(),
+        ))
+    });
     let listen = config.lb.listen.clone();
     let upgrade_sock = config.server.upgrade_sock.clone();
     let phase = Phase::default();
@@ -91,6 +109,10 @@ pub fn build(
     let health = server.add_service(background_service(
         "health checks",
         HealthService::new(routing.clone(), || notify_upgrader(UpgradeStage::Checked)),
+    ));
+    server.add_service(background_service(
+        "discovery",
+        DiscoveryService::new(routing.clone(), discovery.clone()),
     ));
     if let Some(reload) = &reload {
         server.add_service(GenBackgroundService::new(
@@ -142,6 +164,7 @@ pub fn build(
                 in_flight.clone(),
                 phase.clone(),
                 Arc::new(on_change),
+                discovery.clone(),
             ),
         );
         admin.add_tcp(&addr.to_string());

@@ -125,13 +125,19 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
+        Self::start_on(name, unique_addr())
+    }
+
+    /// A backend on `addr` (any of 127.0.0.0/8 is loopback: several backends can share a port
+    /// on 127.0.0.2, 127.0.0.3, ..., as the addresses of one DNS name).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(unique_addr()))
+            .block_on(tokio::net::TcpListener::bind(addr))
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let mut backend = Backend {

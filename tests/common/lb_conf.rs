@@ -77,6 +77,22 @@ impl Upstream {
         }
     }
 
+    /// `{ dns: "name:port" }`: every address of the name.
+    pub fn dns(name: impl Display) -> Upstream {
+        Upstream {
+            addr: String::new(),
+            settings: fields().set("dns", quoted(name)),
+        }
+    }
+
+    /// `{ srv: "_service._proto.name" }`: the SRV record's targets.
+    pub fn srv(name: impl Display) -> Upstream {
+        Upstream {
+            addr: String::new(),
+            settings: fields().set("srv", quoted(name)),
+        }
+    }
+
     pub fn weight(mut self, weight: u32) -> Upstream {
         self.settings = self.settings.set("weight", weight);
         self
@@ -97,6 +113,9 @@ impl Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.settings.0.is_empty() {
             return write!(f, "{}", self.addr);
+        }
+        if self.addr.is_empty() {
+            return write!(f, "{}", self.settings);
         }
         let mut all = Fields::default().set("addr", quoted(&self.addr));
         all.0.extend(self.settings.0.iter().cloned());

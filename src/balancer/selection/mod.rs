@@ -327,6 +327,10 @@ impl Tier {
     }
 
     fn pick(self: &Arc<Self>, hash: u64, exclude: &[SocketAddr]) -> Pick {
+        // A pool whose `dns:`/`srv:` names resolve to nothing yet (`allow_empty`).
+        if self.members.is_empty() {
+            return Pick::Empty;
+        }
         let now = now_ms();
         let mut saw = Seen::default();
         // Bounded attempts of the algorithm proper before the scan takes over.

@@ -15,6 +15,7 @@ fn upstreams(weights: &[usize]) -> Vec<Upstream> {
                 weight: *w,
                 max_conns: None,
                 backup: false,
+                origin: None,
             }
         })
         .collect()
@@ -156,5 +157,20 @@ fn consistent_hash_moves_about_one_nth_of_keys() {
     assert!((0.05..=0.15).contains(&fraction), "moved {fraction}");
     for (_, n) in share {
         assert!((1_000..=3_000).contains(&n), "balanced: {n}");
+    }
+}
+
+#[test]
+fn an_empty_pool_picks_nothing_with_every_algorithm() {
+    // A pool whose discovered names resolve to nothing yet (`discovery.allow_empty`).
+    for selection in [
+        Selection::RoundRobin,
+        Selection::Random,
+        Selection::LeastConn,
+        Selection::P2cEwma,
+        Selection::ConsistentHash,
+    ] {
+        let p = pool(selection, Vec::new());
+        assert!(matches!(p.pick(42, &[]), Pick::Empty), "{selection}");
     }
 }
