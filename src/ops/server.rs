@@ -19,7 +19,7 @@ use crate::admin::{AdminApp, Phase};
 use crate::balancer::Registry;
 use crate::config::{server_defaults, Config};
 use crate::health::HealthService;
-use crate::proxy::{ClientApp, ClientConnections, InFlight, LbProxy};
+use crate::proxy::{tls_listener_settings, ClientApp, ClientConnections, InFlight, LbProxy};
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, reason: String },
     #[error("lb.access_log.path: cannot open {0}")]
     AccessLog(String),
+    #[error("lb.tls: cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// The assembled server with lb's signal handling, ready to run.
@@ -75,6 +77,7 @@ pub fn build(
     let reload =
         config_path.map(|path| Arc::new(ReloadService::new(routing.clone(), path, &config)));
     let listen = config.lb.listen.clone();
+    let tls = config.lb.tls.clone();
     let upgrade_sock = config.server.upgrade_sock.clone();
     let phase = Phase::default();
     let table = ListenerTable::default();
@@ -119,6 +122,16 @@ pub fn build(
     );
     for addr in &listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(client_buffers()));
+    }
+    if let Some(tls) = &tls {
+        super::reload::log_certificate_expiry(tls);
+        for addr in &tls.listen {
+            // pingora's own socket buffers stay on here: TLS reads records of a few bytes of
+            // header then the rest, and the buffer saves one system call per record.
+            let settings = tls_listener_settings(tls, routing.clone())
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            proxy.add_listener(ListenerConfig::tcp(addr.to_string()).tls(settings));
+        }
     }
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&bootstrap);
