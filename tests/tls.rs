@@ -583,6 +583,15 @@ fn expiry_is_logged_and_exported() {
     assert!((2.0..=3.0).contains(&days), "{days} days left");
     assert!(metrics.contains("names=\"later.test\""), "{metrics}");
 
-    let status = common::client::get(admin, "/api/status").text();
-    assert!(status.contains("soon.test"), "{status}");
+    let status = common::client::get(admin, "/api/upstreams").text();
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let certs = status["certificates"].as_array().expect("certificates");
+    assert_eq!(
+        certs[0]["names"],
+        serde_json::json!(["soon.test", "also.test"])
+    );
+    let days_left = certs[0]["days_left"].as_i64().expect("days_left");
+    assert!((2..=3).contains(&days_left), "{status}");
+    assert_eq!(certs[0]["default"], true);
+    assert_eq!(certs[1]["names"], serde_json::json!(["later.test"]));
 }

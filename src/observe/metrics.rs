@@ -47,6 +47,8 @@ pub(crate) struct Metrics {
     /// Client requests refused before forwarding, by reason (`header_timeout`, `body_timeout`,
     /// `header_too_large`, `body_too_large`, `malformed`).
     pub(crate) client_rejected: IntCounterVec,
+    /// When each TLS certificate expires (seconds since the epoch), by its names.
+    tls_certificate_expiry: IntGaugeVec,
 }
 
 /// Latency buckets (seconds) shared by the histograms: 0.5 ms to 30 s.
@@ -119,6 +121,11 @@ impl Metrics {
                 "Client connections open now.",
             ),
             client_connections_rejected,
+            tls_certificate_expiry: gauge(
+                "lb_tls_certificate_expiry_timestamp_seconds",
+                "When each TLS certificate of lb.tls expires, in seconds since the Unix epoch.",
+                &["names"],
+            ),
             client_rejected: counter(
                 "lb_client_rejected_total",
                 "Client requests or connections refused by lb's client limits, by reason.",
@@ -230,6 +237,17 @@ impl Metrics {
             let _ = self
                 .upstream_state
                 .remove_label_values(&[pool, addr, state]);
+        }
+    }
+
+    /// Sets the certificate expiry series to the certificates of `tls` (and only those, so
+    /// that a certificate replaced by a reload leaves no series behind).
+    pub(crate) fn set_certificates(&self, tls: Option<&crate::config::TlsConfig>) {
+        self.tls_certificate_expiry.reset();
+        for cert in tls.iter().flat_map(|t| t.certificates.list.iter()) {
+            self.tls_certificate_expiry
+                .with_label_values(&[&cert.names_label()])
+                .set(cert.not_after);
         }
     }
 
