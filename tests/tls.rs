@@ -595,3 +595,115 @@ fn expiry_is_logged_and_exported() {
     assert_eq!(certs[0]["default"], true);
     assert_eq!(certs[1]["names"], serde_json::json!(["later.test"]));
 }
+
+#[test]
+fn upgrade_hands_over_the_https_listener_and_loses_no_handshake() {
+    let backend = Backend::start("b1");
+    let dir = TempDir::new();
+    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
+    let (tls, admin) = (unique_addr(), unique_addr());
+    let config = LbConf::new()
+        .upstream(&backend)
+        .admin(admin, None)
+        .key("tls", tls_section(tls, &[&cert]));
+    let lb = start(dir, config, tls);
+    let old = lb.pid();
+    let mut kept = connect(tls, Some("site.test"));
+    assert_eq!(get(&mut kept, "site.test", "/before").0, 200);
+
+    // New TLS connections, one request each, all through the upgrade (bounded in count).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            for _ in 0..5000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                match client(
+                    tls,
+                    Some("site.test"),
+                    (SslVersion::TLS1_2, SslVersion::TLS1_3),
+                ) {
+                    Ok(mut s) => match get(&mut s, "site.test", "/during").0 {
+                        200 => ok += 1,
+                        status => failed.push(format!("status {status}")),
+                    },
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let (ok, out) = lb.command("upgrade");
+    assert!(ok, "{out}\n{}", lb.log());
+    let new = common::lb_process::read_pid(&lb.pid_file()).unwrap_or_default();
+    assert_ne!(new, old);
+    let served_by = || -> i64 {
+        let text = common::client::get(admin, "/api/upstreams").text();
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["pid"]
+            .as_i64()
+            .unwrap_or_default()
+    };
+    assert!(
+        common::wait::wait_until(Duration::from_secs(10), || served_by() == i64::from(new)),
+        "{}",
+        lb.log()
+    );
+    // The connection kept from before is still served (by the old process, draining).
+    assert_eq!(get(&mut kept, "site.test", "/kept").0, 200);
+    assert!(
+        common::wait::wait_until(Duration::from_secs(30), || !common::lb_process::pid_alive(
+            old
+        )),
+        "the old process did not finish: {}",
+        lb.log()
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 10, "too few handshakes: {ok}");
+    let mut after = connect(tls, Some("site.test"));
+    assert_eq!(get(&mut after, "site.test", "/after").0, 200);
+}
+
+#[test]
+fn client_limits_apply_over_tls_as_in_the_clear() {
+    let backend = Backend::start("b1");
+    let dir = TempDir::new();
+    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
+    let (tls, admin) = (unique_addr(), unique_addr());
+    let config = LbConf::new()
+        .upstream(&backend)
+        .admin(admin, None)
+        .timeouts(fields().set("client_header", "1s").set("idle", "60s"))
+        .key("tls", tls_section(tls, &[&cert]));
+    let _lb = start(dir, config, tls);
+
+    // A kept-alive connection stays open while idle longer than the header timeout: the
+    // idle timeout applies between requests, not the header deadline.
+    let mut kept = connect(tls, Some("site.test"));
+    assert_eq!(get(&mut kept, "site.test", "/one").0, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(get(&mut kept, "site.test", "/two").0, 200);
+
+    // A header that trickles in is cut at the header deadline, as on a plain listener.
+    let mut slow = connect(tls, Some("site.test"));
+    write!(slow, "GET /slow HTTP/1.1\r\nHost: site.test\r\n").unwrap();
+    let mut rest = Vec::new();
+    // Returns when lb closes the connection (the read timeout is 10 s).
+    let closed = slow.read_to_end(&mut rest);
+    assert!(closed.is_ok() || rest.is_empty(), "{closed:?}");
+    let metrics = common::client::get(admin, "/metrics").text();
+    assert!(
+        metrics.contains("lb_client_rejected_total{reason=\"header_timeout\"} 1"),
+        "{metrics}"
+    );
+    assert!(!backend.has_seen("/slow"));
+}
