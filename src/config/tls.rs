@@ -427,3 +427,98 @@ fn expiry(cert: &X509) -> Option<i64> {
     let diff = epoch.diff(cert.not_after()).ok()?;
     Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::asn1::Asn1Time;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::X509NameBuilder;
+
+    /// A self-signed certificate for `names` (none: only the common name `cn`).
+    fn cert(cn: &str, names: &[&str], not_after: i64) -> Certificate {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(0).unwrap()).unwrap();
+        b.set_not_after(&Asn1Time::from_unix(not_after).unwrap())
+            .unwrap();
+        if !names.is_empty() {
+            let mut san = SubjectAlternativeName::new();
+            for n in names {
+                san.dns(n);
+            }
+            let ext = san.build(&b.x509v3_context(None, None)).unwrap();
+            b.append_extension(ext).unwrap();
+        }
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let leaf = b.build();
+        Certificate {
+            cert_path: PathBuf::from(format!("{cn}.pem")),
+            key_path: PathBuf::from(format!("{cn}.key")),
+            names: names_of(&leaf),
+            not_after: expiry(&leaf).unwrap(),
+            material: Arc::new(Material {
+                leaf,
+                chain: Vec::new(),
+                key,
+            }),
+        }
+    }
+
+    #[test]
+    fn sni_prefers_exact_names_then_wildcards_then_the_default() {
+        let far = 4_000_000_000;
+        let set = CertificateSet::new(
+            vec![
+                cert("one", &["a.example.com", "B.example.com"], far),
+                cert("wild", &["*.example.com", "*.example.net"], far),
+                cert("cn-only", &[], far),
+            ],
+            2,
+        );
+        let chosen = |sni: Option<&str>| set.choose(sni).cert_path.display().to_string();
+        assert_eq!(chosen(Some("a.example.com")), "one.pem");
+        assert_eq!(chosen(Some("b.EXAMPLE.com.")), "one.pem");
+        assert_eq!(chosen(Some("c.example.com")), "wild.pem");
+        assert_eq!(chosen(Some("x.example.net")), "wild.pem");
+        assert_eq!(chosen(Some("x.y.example.net")), "cn-only.pem");
+        assert_eq!(chosen(Some("example.net")), "cn-only.pem");
+        assert_eq!(chosen(Some("cn-only")), "cn-only.pem");
+        assert_eq!(chosen(None), "cn-only.pem");
+        assert_eq!(set.list[2].names, vec!["cn-only".to_string()]);
+    }
+
+    #[test]
+    fn expiry_is_read_and_warned_about_within_14_days() {
+        let now = 1_800_000_000;
+        let set = CertificateSet::new(
+            vec![
+                cert("soon", &["soon.test"], now + 3 * 86_400 + 7200),
+                cert("gone", &["gone.test"], now - 86_400),
+                cert("fine", &["fine.test"], now + 15 * 86_400),
+            ],
+            0,
+        );
+        assert_eq!(set.list[0].not_after, now + 3 * 86_400 + 7200);
+        let warnings = set.expiry_warnings(now);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(!warnings[0].0);
+        assert!(
+            warnings[0]
+                .1
+                .contains("(soon.test) expires in 3 days, 2 hours"),
+            "{warnings:?}"
+        );
+        assert!(warnings[1].0);
+        assert!(warnings[1].1.contains("EXPIRED 1 days ago"), "{warnings:?}");
+    }
+}
