@@ -366,6 +366,33 @@ fn reload_swaps_certificates_and_open_connections_go_on() {
     assert!(served_names(&after).contains(&"new.test".to_string()));
     assert_eq!(get(&mut after, "site.test", "/still").0, 200);
     assert_eq!(get(&mut old, "site.test", "/still-old").0, 200);
+
+    // What the listeners fix needs an upgrade: the reload says so and changes nothing.
+    std::fs::copy(&second.1, &first.1).unwrap();
+    for (key, value, named) in [
+        ("min_version", "\"1.3\"", "lb.tls.min_version"),
+        ("http2", "false", "lb.tls.http2"),
+        (
+            "listen",
+            &format!("[{}]", quoted(unique_addr())),
+            "lb.tls.listen",
+        ),
+    ] {
+        lb.write_config(
+            config
+                .clone()
+                .key("tls", tls_section(tls, &[&first]).set(key, value)),
+        );
+        let (ok, out) = lb.command("reload");
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains(&format!("{named} changed: that needs `lb upgrade`")),
+            "{out}"
+        );
+    }
+    let v12 = SslVersion::TLS1_2;
+    let mut still = client(tls, Some("site.test"), (v12, v12)).expect("TLS 1.2 still accepted");
+    assert_eq!(get(&mut still, "site.test", "/v12").0, 200);
 }
 
 /// Runs `lb -t` on `yaml`; returns (success, output).
