@@ -280,18 +280,18 @@ where
         let options = self.inner.server_options();
         // HTTP/1 in the clear, or over TLS unless ALPN chose h2: both take the lean path.
         // (On a plain connection, checking for TLS costs one `None`.)
+        let tls = stream.get_ssl_digest().is_some();
         let http1 = !options.is_some_and(|o| o.force_custom)
-            && if stream.get_ssl_digest().is_none() {
-                stream.selected_alpn_proto().is_none() && !options.is_some_and(|o| o.h2c)
-            } else {
+            && if tls {
                 stream.selected_alpn_proto() != Some(ALPN::H2)
+            } else {
+                stream.selected_alpn_proto().is_none() && !options.is_some_and(|o| o.h2c)
             };
         if !http1 {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
         let limit = options.and_then(|o| o.keepalive_request_limit);
         let conn = Arc::new(ConnState::default());
-        let tls = stream.get_ssl_digest().is_some();
         let mut stream: Stream = Box::new(WriteBuffered::new(stream, WRITE_BUFFER, tls));
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
