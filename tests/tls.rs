@@ -592,6 +592,13 @@ fn expiry_is_logged_and_exported() {
     let lb = start(dir, config, tls);
     lb.expect_log("lb.tls.certificates[0].cert");
     lb.expect_log("(soon.test,also.test) expires in ");
+    // `lb -t` says so too, and the file is still valid.
+    let (valid, out) = lb.command("-t");
+    assert!(valid, "{out}");
+    assert!(
+        out.contains("lb: warning: lb.tls.certificates[0].cert:") && out.contains("renew it"),
+        "{out}"
+    );
     assert!(!lb.log().contains("later.test) expires"), "{}", lb.log());
 
     let metrics = common::client::get(admin, "/metrics").text();
