@@ -81,6 +81,16 @@ fn client(
     sni: Option<&str>,
     versions: (SslVersion, SslVersion),
 ) -> Result<SslStream<TcpStream>, String> {
+    client_alpn(addr, sni, versions, b"\x08http/1.1")
+}
+
+/// [`client`] offering the ALPN protocols `alpn` (wire format).
+fn client_alpn(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    versions: (SslVersion, SslVersion),
+    alpn: &[u8],
+) -> Result<SslStream<TcpStream>, String> {
     let mut builder = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
     builder.set_verify(SslVerifyMode::NONE);
     builder
@@ -93,9 +103,7 @@ fn client(
     builder
         .set_cipher_list("ALL:@SECLEVEL=0")
         .map_err(|e| e.to_string())?;
-    builder
-        .set_alpn_protos(b"\x08http/1.1")
-        .map_err(|e| e.to_string())?;
+    builder.set_alpn_protos(alpn).map_err(|e| e.to_string())?;
     let mut config = builder
         .build()
         .configure()
@@ -145,15 +153,26 @@ fn served_der(stream: &SslStream<TcpStream>) -> Vec<u8> {
 /// Sends `GET path` on a kept-alive connection and reads the response (with Content-Length);
 /// returns (status, body).
 fn get(stream: &mut impl ReadWrite, host: &str, path: &str) -> (u16, String) {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("request written");
+    try_get(stream, host, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// [`get`], with the failure returned.
+fn try_get(stream: &mut impl ReadWrite, host: &str, path: &str) -> Result<(u16, String), String> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).expect("response read"), 1, "closed");
-        head.push(byte[0]);
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => return Err("closed".to_string()),
+            Err(e) => return Err(e.to_string()),
+        }
     }
     let head = String::from_utf8_lossy(&head).to_string();
-    let status: u16 = head[9..12].parse().expect("status");
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
     let length: usize = head
         .lines()
         .find_map(|l| {
@@ -163,8 +182,8 @@ fn get(stream: &mut impl ReadWrite, host: &str, path: &str) -> (u16, String) {
         })
         .unwrap_or(0);
     let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).expect("body read");
-    (status, String::from_utf8_lossy(&body).to_string())
+    stream.read_exact(&mut body).map_err(|e| e.to_string())?;
+    Ok((status, String::from_utf8_lossy(&body).to_string()))
 }
 
 trait ReadWrite: Read + Write {}
@@ -742,4 +761,58 @@ fn client_limits_apply_over_tls_as_in_the_clear() {
         "{metrics}"
     );
     assert!(!backend.has_seen("/slow"));
+}
+
+#[test]
+fn http2_connections_count_against_the_limit_and_close_when_idle() {
+    let backend = Backend::start("b1");
+    let dir = TempDir::new();
+    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
+    let tls = unique_addr();
+    let config = LbConf::new()
+        .upstream(&backend)
+        .timeouts(fields().set("idle", "1s"))
+        .key("limits", fields().set("max_client_connections", 1))
+        .key("tls", tls_section(tls, &[&cert]));
+    let _lb = start(dir, config, tls);
+
+    // An HTTP/2 connection (ALPN h2): the client preface and an empty SETTINGS frame, then
+    // lb's SETTINGS come back.
+    let versions = (SslVersion::TLS1_2, SslVersion::TLS1_3);
+    let mut h2 = client_alpn(tls, Some("site.test"), versions, b"\x02h2").expect("h2 handshake");
+    assert_eq!(h2.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut frame = [0u8; 9];
+    h2.read_exact(&mut frame).expect("lb's SETTINGS");
+    assert_eq!(frame[3], 4, "a SETTINGS frame: {frame:?}");
+
+    // It is the one connection allowed: another is closed at once.
+    let mut second = connect(tls, Some("site.test"));
+    let answer = try_get(&mut second, "site.test", "/second");
+    assert!(
+        answer.is_err(),
+        "a second connection was served: {answer:?}"
+    );
+
+    // Idle for `lb.timeouts.idle`: lb closes it (GOAWAY, then the end of the stream; the
+    // client's read timeout is 10 s).
+    let mut rest = Vec::new();
+    match h2.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the idle HTTP/2 connection was not closed: {e}"
+        ),
+    }
+    // Its place is free again (once lb has counted the close).
+    let served = common::wait::wait_until(Duration::from_secs(10), || {
+        client(tls, Some("site.test"), versions)
+            .and_then(|mut s| try_get(&mut s, "site.test", "/third"))
+            .is_ok_and(|(status, _)| status == 200)
+    });
+    assert!(served, "no connection served after the h2 one closed");
 }

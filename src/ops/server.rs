@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server};
@@ -107,13 +108,19 @@ pub fn build(
     let nofile = super::fd_limit::raise_nofile();
     let admin_listen = config.lb.admin.as_ref().map(|a| a.listen);
     let routing_for_exit = routing.clone();
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        LbProxy::new(routing.clone(), in_flight.clone()),
+    );
+    // pingora keeps an idle HTTP/2 connection open for ever unless told; HTTP/1 connections
+    // get `lb.timeouts.idle` from `ClientApp` (this one is fixed at start).
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.lb.client_idle);
+    app.server_options = Some(options);
     let mut proxy = Service::new(
         "lb proxy".to_string(),
         ClientApp::new(
-            pingora::proxy::http_proxy(
-                &server.configuration,
-                LbProxy::new(routing.clone(), in_flight.clone()),
-            ),
+            app,
             routing.clone(),
             connections.clone(),
             super::fd_limit::client_connection_budget(nofile),
