@@ -111,6 +111,14 @@ fn run(mut cli: Cli, path: &str) -> Result<(), String> {
     if cli.server.test {
         // What start would fail on, beyond the file itself: addresses, directories, files.
         preflight::check(&config, preflight::Mode::Test).map_err(|e| format!("{path}: {e}"))?;
+        if let Some(tls) = &config.lb.tls {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for (_, line) in tls.certificates.expiry_warnings(now) {
+                eprintln!("lb: warning: {line}");
+            }
+        }
         println!("lb: configuration file {path} is valid");
         return Ok(());
     }

@@ -435,6 +435,7 @@ impl AdminApp {
                     "errors_total": name.state.errors,
                 }))
                 .collect::<Vec<_>>(),
+            "certificates": certificates_json(routing),
         })
     }
 
@@ -462,6 +463,7 @@ impl AdminApp {
             }
         }
         m.in_flight.set(self.in_flight.count() as i64);
+        m.set_certificates(routing.config.tls.as_ref());
         if let Some(log) = &routing.access_log {
             m.access_log_dropped.set(log.dropped() as i64);
         }
@@ -592,6 +594,33 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Each TLS certificate: its names, file, expiry and whole days left (negative once expired).
+fn certificates_json(routing: &Routing) -> Vec<Value> {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let Some(tls) = routing.config.tls.as_ref() else {
+        return Vec::new();
+    };
+    tls.certificates
+        .list
+        .iter()
+        .enumerate()
+        .map(|(i, cert)| {
+            json!({
+                "names": cert.names,
+                "cert": cert.cert_path.display().to_string(),
+                "default": i == tls.certificates.default,
+                "not_after": rfc3339(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(cert.not_after.max(0) as u64)
+                ),
+                "days_left": (cert.not_after - now).div_euclid(86_400),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

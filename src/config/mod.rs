@@ -8,6 +8,7 @@
 //!   lb's defaults for them;
 //! - `raw`: the serde shapes of the file as written;
 //! - `validate`: one function per section, filling defaults and naming keys in errors;
+//! - `tls`: `lb.tls`, whose certificates and keys are read and checked here;
 //! - `values`: parsing of single values (durations, hash keys, addresses);
 //! - [`types`]: the validated configuration that the rest of lb reads; the single source of
 //!   defaults.
@@ -19,6 +20,7 @@ mod error;
 mod raw;
 mod routes;
 pub mod server_keys;
+mod tls;
 pub mod types;
 mod validate;
 mod values;

@@ -19,6 +19,8 @@ use crate::outcome::{status_code, OutcomeMatch, StatusRange};
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLb {
     pub(crate) listen: Option<Vec<String>>,
+    pub(crate) tls: Option<super::tls::RawTls>,
+    pub(crate) redirect_to_https: Option<bool>,
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) access_log: Option<RawAccessLog>,
     #[serde(default)]

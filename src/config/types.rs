@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use super::tls::{Certificate, CertificateSet, Material, TlsConfig, TlsVersion};
 pub use crate::outcome::{OutcomeMatch, OutcomeSet, StatusRange};
 
 /// How the next upstream is chosen.
@@ -552,6 +553,10 @@ impl Default for ClientLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbConfig {
     pub listen: Vec<SocketAddr>,
+    /// The HTTPS listeners and their certificates; off when `None`.
+    pub tls: Option<TlsConfig>,
+    /// A request on a plain listener gets a 308 to its `https://` URL (needs `tls`).
+    pub redirect_to_https: bool,
     /// How long an idle client keep-alive connection is kept open (`lb.timeouts.idle`).
     pub client_idle: Duration,
     /// At least one; the one-pool form has one named `default`.
@@ -572,6 +577,7 @@ impl LbConfig {
     /// Every address the process listens on: the proxy's and the admin listener's.
     pub fn all_listeners(&self) -> Vec<SocketAddr> {
         let mut all = self.listen.clone();
+        all.extend(self.tls.iter().flat_map(|t| t.listen.iter().copied()));
         all.extend(self.admin.as_ref().map(|a| a.listen));
         all
     }
@@ -580,6 +586,8 @@ impl LbConfig {
     pub fn with_defaults(listen: Vec<SocketAddr>, upstreams: Vec<Upstream>) -> Self {
         LbConfig {
             listen,
+            tls: None,
+            redirect_to_https: false,
             client_idle: Timeouts::default().idle,
             pools: vec![PoolConfig::with_defaults(upstreams)],
             routes: vec![RouteConfig::catch_all(DEFAULT_POOL, 0)],

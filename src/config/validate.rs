@@ -75,8 +75,32 @@ impl RawLb {
             .map(|raw| validate_admin(raw, &listen))
             .transpose()?;
         let access_log = self.access_log.map(validate_access_log).transpose()?;
+        let tls = self
+            .tls
+            .map(|raw| super::tls::validate_tls(raw, &listen))
+            .transpose()?;
+        if let (Some(admin), Some(tls)) = (&admin, &tls) {
+            if tls.listen.contains(&admin.listen) {
+                return Err(ConfigError::invalid(
+                    "lb.admin.listen",
+                    format!(
+                        "{} is also in lb.tls.listen: the admin listener needs its own address",
+                        admin.listen
+                    ),
+                ));
+            }
+        }
+        let redirect_to_https = self.redirect_to_https.unwrap_or(false);
+        if redirect_to_https && tls.is_none() {
+            return Err(ConfigError::invalid(
+                "lb.redirect_to_https",
+                "needs lb.tls: without an HTTPS listener there is nothing to redirect to",
+            ));
+        }
         Ok(LbConfig {
             listen,
+            tls,
+            redirect_to_https,
             client_idle,
             pools,
             routes,

@@ -35,7 +35,7 @@ pub(crate) fn init() {
     if !filters.contains("pingora") {
         filters.push_str(PINGORA_QUIET);
     }
-    env_logger::Builder::new()
+    let logger = env_logger::Builder::new()
         .parse_filters(&filters)
         .format(|buf, record| {
             let time = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
@@ -57,5 +57,58 @@ pub(crate) fn init() {
                 )
             }
         })
-        .init();
+        .build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(QuietHandshakes(logger))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// pingora's accept loop logs every failed TLS handshake as an error: a port scanner, a TCP
+/// health probe of an HTTPS port, a client offering only TLS 1.0. Those are the client's
+/// business, not lb's (nginx logs them at `info`): they become `debug` lines.
+struct QuietHandshakes(env_logger::Logger);
+
+impl QuietHandshakes {
+    fn is_handshake_failure(record: &log::Record<'_>) -> bool {
+        record.target() == "pingora_core::services::listening"
+            && record.level() == log::Level::Error
+            && record.args().as_str().map_or_else(
+                || {
+                    record
+                        .args()
+                        .to_string()
+                        .starts_with("Downstream handshake")
+                },
+                |s| s.starts_with("Downstream handshake"),
+            )
+    }
+}
+
+impl log::Log for QuietHandshakes {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !Self::is_handshake_failure(record) {
+            self.0.log(record);
+            return;
+        }
+        let demoted = log::Record::builder()
+            .args(*record.args())
+            .level(log::Level::Debug)
+            .target(record.target())
+            .module_path(record.module_path())
+            .file(record.file())
+            .line(record.line())
+            .build();
+        if self.0.enabled(demoted.metadata()) {
+            self.0.log(&demoted);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }

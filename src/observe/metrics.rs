@@ -53,6 +53,8 @@ pub(crate) struct Metrics {
     /// When a name last resolved (Unix seconds), and to how many addresses.
     pub(crate) discovery_last_success: IntGaugeVec,
     pub(crate) discovery_addresses: IntGaugeVec,
+    /// When each TLS certificate expires (seconds since the epoch), by its names.
+    tls_certificate_expiry: IntGaugeVec,
 }
 
 /// Latency buckets (seconds) shared by the histograms: 0.5 ms to 30 s.
@@ -145,6 +147,11 @@ impl Metrics {
                 "Client connections open now.",
             ),
             client_connections_rejected,
+            tls_certificate_expiry: gauge(
+                "lb_tls_certificate_expiry_timestamp_seconds",
+                "When each TLS certificate of lb.tls expires, in seconds since the Unix epoch.",
+                &["names"],
+            ),
             client_rejected: counter(
                 "lb_client_rejected_total",
                 "Client requests or connections refused by lb's client limits, by reason.",
@@ -266,6 +273,17 @@ impl Metrics {
             let _ = self
                 .upstream_state
                 .remove_label_values(&[pool, addr, state]);
+        }
+    }
+
+    /// Sets the certificate expiry series to the certificates of `tls` (and only those, so
+    /// that a certificate replaced by a reload leaves no series behind).
+    pub(crate) fn set_certificates(&self, tls: Option<&crate::config::TlsConfig>) {
+        self.tls_certificate_expiry.reset();
+        for cert in tls.iter().flat_map(|t| t.certificates.list.iter()) {
+            self.tls_certificate_expiry
+                .with_label_values(&[&cert.names_label()])
+                .set(cert.not_after);
         }
     }
 

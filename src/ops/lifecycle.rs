@@ -92,11 +92,10 @@ impl LifecycleService {
     /// The start-up line: every listener and the admin address.
     fn announcement(&self) -> String {
         let routing = self.routing.load();
-        let listen: Vec<String> = routing
-            .config
-            .listen
-            .iter()
+        let tls_listen = routing.config.tls.iter().flat_map(|t| t.listen.iter());
+        let listen: Vec<String> = (routing.config.listen.iter())
             .map(|a| format!("http://{a}"))
+            .chain(tls_listen.map(|a| format!("https://{a}")))
             .collect();
         let admin = match &routing.config.admin {
             Some(admin) => format!("admin on http://{}", admin.listen),

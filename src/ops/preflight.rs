@@ -104,6 +104,12 @@ fn check_bindable(config: &Config, held: &[SocketAddr]) -> Result<(), PreflightE
             check_listen(&[*addr]).map_err(|e| listen_error(&format!("lb.listen[{i}]"), e))?;
         }
     }
+    let tls_listen = config.lb.tls.iter().flat_map(|t| t.listen.iter());
+    for (i, addr) in tls_listen.enumerate() {
+        if !held.contains(addr) {
+            check_listen(&[*addr]).map_err(|e| listen_error(&format!("lb.tls.listen[{i}]"), e))?;
+        }
+    }
     if let Some(addr) = admin.filter(|a| !held.contains(a)) {
         check_listen(&[addr]).map_err(|e| listen_error("lb.admin.listen", e))?;
     }

@@ -16,7 +16,7 @@ use pingora::services::background::BackgroundService;
 
 use super::instance::{InstanceFiles, Status};
 use crate::balancer::{Registry, Routing, SharedRouting};
-use crate::config::{Config, LbConfig, PoolConfig, Upstream};
+use crate::config::{Config, LbConfig, PoolConfig, TlsConfig, Upstream};
 use crate::discovery::Discovery;
 use crate::health;
 
@@ -108,10 +108,15 @@ impl ReloadService {
             )));
         }
         if config.lb.all_listeners() != self.started_listen {
-            let key = if self.started_proxy_listen == config.lb.listen {
-                "lb.admin.listen"
-            } else {
+            let tls_listen = |c: Option<&TlsConfig>| c.map(|t| t.listen.clone());
+            let key = if self.started_proxy_listen != config.lb.listen {
                 "lb.listen"
+            } else if tls_listen(self.routing.load().config.tls.as_ref())
+                != tls_listen(config.lb.tls.as_ref())
+            {
+                "lb.tls.listen"
+            } else {
+                "lb.admin.listen"
             };
             return Err(ReloadError::NeedsUpgrade(key.to_string()));
         }
@@ -123,6 +128,13 @@ impl ReloadService {
         self.discovery.expand(&mut lb);
         self.discovery.retain(&lb);
         let current = self.routing.load_full();
+        if let Some(key) = tls_change_needing_upgrade(current.config.tls.as_ref(), lb.tls.as_ref())
+        {
+            return Err(ReloadError::NeedsUpgrade(key.to_string()));
+        }
+        if let Some(tls) = &lb.tls {
+            log_certificate_expiry(tls);
+        }
         let log_format = lb.log_format;
         let next = build_routing(lb, current.registry.clone(), Some(&current))
             .map_err(|e| ReloadError::AccessLog(e.to_string()))?;
@@ -211,6 +223,41 @@ impl BackgroundService for ReloadService {
     }
 }
 
+/// The `lb.tls` key whose change needs new listeners (`lb upgrade`), if any: the listeners
+/// themselves and what their settings fix. Certificates change in place.
+fn tls_change_needing_upgrade(
+    before: Option<&TlsConfig>,
+    after: Option<&TlsConfig>,
+) -> Option<&'static str> {
+    match (before, after) {
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => Some("lb.tls"),
+        (Some(b), Some(a)) => {
+            if b.listen != a.listen {
+                Some("lb.tls.listen")
+            } else if b.min_version != a.min_version {
+                Some("lb.tls.min_version")
+            } else if b.http2 != a.http2 {
+                Some("lb.tls.http2")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Logs each certificate that has expired (an error) or expires within 14 days (a warning).
+pub(crate) fn log_certificate_expiry(tls: &TlsConfig) {
+    let now = chrono::Utc::now().timestamp();
+    for (expired, line) in tls.certificates.expiry_warnings(now) {
+        if expired {
+            log::error!("{line}");
+        } else {
+            log::warn!("{line}");
+        }
+    }
+}
+
 fn server_value(conf: &pingora::server::configuration::ServerConf) -> serde_yaml_ng::Value {
     serde_yaml_ng::to_value(conf).unwrap_or(serde_yaml_ng::Value::Null)
 }
@@ -239,6 +286,11 @@ pub(crate) fn describe_changes(before: &LbConfig, after: &LbConfig) -> String {
     }
     if !removed.is_empty() {
         parts.push(format!("pools removed {}", join(&removed)));
+    }
+    if let (Some(b), Some(a)) = (&before.tls, &after.tls) {
+        if b.certificates != a.certificates {
+            parts.push("TLS certificates replaced".to_string());
+        }
     }
     let several = after.pools.len() > 1 || before.pools.len() > 1;
     for pool in &after.pools {

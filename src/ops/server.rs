@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server};
@@ -21,7 +22,7 @@ use crate::balancer::Registry;
 use crate::config::{server_defaults, Config};
 use crate::discovery::Discovery;
 use crate::health::HealthService;
-use crate::proxy::{ClientApp, ClientConnections, InFlight, LbProxy};
+use crate::proxy::{tls_listener_settings, ClientApp, ClientConnections, InFlight, LbProxy};
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ pub enum StartError {
     AccessLog(String),
     #[error("{0}")]
     Discovery(String),
+    #[error("lb.tls: cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// The assembled server with lb's signal handling, ready to run.
@@ -93,6 +96,7 @@ pub fn build(
         ))
     });
     let listen = config.lb.listen.clone();
+    let tls = config.lb.tls.clone();
     let upgrade_sock = config.server.upgrade_sock.clone();
     let phase = Phase::default();
     let table = ListenerTable::default();
@@ -126,13 +130,19 @@ pub fn build(
     let nofile = super::fd_limit::raise_nofile();
     let admin_listen = config.lb.admin.as_ref().map(|a| a.listen);
     let routing_for_exit = routing.clone();
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        LbProxy::new(routing.clone(), in_flight.clone()),
+    );
+    // pingora keeps an idle HTTP/2 connection open for ever unless told; HTTP/1 connections
+    // get `lb.timeouts.idle` from `ClientApp` (this one is fixed at start).
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.lb.client_idle);
+    app.server_options = Some(options);
     let mut proxy = Service::new(
         "lb proxy".to_string(),
         ClientApp::new(
-            pingora::proxy::http_proxy(
-                &server.configuration,
-                LbProxy::new(routing.clone(), in_flight.clone()),
-            ),
+            app,
             routing.clone(),
             connections.clone(),
             super::fd_limit::client_connection_budget(nofile),
@@ -141,6 +151,18 @@ pub fn build(
     );
     for addr in &listen {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(client_buffers()));
+    }
+    if let Some(tls) = &tls {
+        super::reload::log_certificate_expiry(tls);
+        for addr in &tls.listen {
+            let settings = tls_listener_settings(tls, routing.clone())
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            proxy.add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tls(settings)
+                    .l4_buffer(tls_client_buffers()),
+            );
+        }
     }
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&bootstrap);
@@ -202,6 +224,14 @@ pub fn build(
 /// buffered by [`ClientApp`] only while a response is being written.
 fn client_buffers() -> L4BufferSettings {
     L4BufferSettings::unbuffered()
+}
+
+/// Under TLS, a small read buffer: OpenSSL reads a record's 5-byte header, then the rest, and
+/// the buffer makes that one system call for a request of up to 4 KiB. pingora's default
+/// (64 KiB, held for the life of the connection) made an idle TLS connection cost about
+/// 98 KiB. Writes are coalesced above TLS by [`ClientApp`] already.
+fn tls_client_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(4096, 0)
 }
 
 /// Checks that every address can be bound now, so that a taken or privileged port is reported

@@ -8,8 +8,8 @@
 //! - [`WriteBuffered`] coalesces a response's writes (header and body leave in one `write`) in a
 //!   buffer that exists only while a response is being written.
 //!
-//! HTTP/2, TLS and custom protocols are not served by lb today; if pingora is ever configured
-//! for them, those connections go to pingora's own handling unchanged.
+//! HTTP/1.1 over TLS takes the same path once the handshake is done. HTTP/2 (ALPN `h2`) and
+//! custom protocols go to pingora's own handling, counted against the connection limit.
 
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -44,7 +44,7 @@ use crate::observe::metrics::Metrics;
 /// are flushed by pingora at every chunk, so real-time responses are not held back.
 pub(crate) const WRITE_BUFFER: usize = 32 * 1024;
 
-/// Serves HTTP/1 client connections with `inner`, holding only the socket between requests.
+/// Serves HTTP/1 client connections (plain or TLS) with `inner`, holding only the socket between requests.
 ///
 /// It also enforces, per connection, what pingora leaves open (see `lb.limits` and
 /// `lb.timeouts.client_*`):
@@ -298,15 +298,21 @@ where
         let metrics = routing.registry.metrics();
         let _open = self.admit(&routing.config.client, metrics)?;
         let options = self.inner.server_options();
-        let plain_http1 = stream.get_ssl_digest().is_none()
-            && stream.selected_alpn_proto().is_none()
-            && !options.is_some_and(|o| o.h2c || o.force_custom);
-        if !plain_http1 {
+        // HTTP/1 in the clear, or over TLS unless ALPN chose h2: both take the lean path.
+        // (On a plain connection, checking for TLS costs one `None`.)
+        let tls = stream.get_ssl_digest().is_some();
+        let http1 = !options.is_some_and(|o| o.force_custom)
+            && if tls {
+                stream.selected_alpn_proto() != Some(ALPN::H2)
+            } else {
+                stream.selected_alpn_proto().is_none() && !options.is_some_and(|o| o.h2c)
+            };
+        if !http1 {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
         let limit = options.and_then(|o| o.keepalive_request_limit);
         let conn = Arc::new(ConnState::default());
-        let mut stream: Stream = Box::new(WriteBuffered::new(stream, WRITE_BUFFER));
+        let mut stream: Stream = Box::new(WriteBuffered::new(stream, WRITE_BUFFER, tls));
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
@@ -380,21 +386,61 @@ where
 
 /// A client stream whose writes are buffered in a buffer allocated on the first write of a
 /// response and freed when that response is flushed, so an idle connection carries none.
+///
+/// On a TLS stream it also answers the empty read of [`poll_readable`]: an empty read of a TLS
+/// stream returns at once, whether or not a record has come, so the wait reads one byte of
+/// plaintext ahead instead and hands it to the next real read.
 pub(crate) struct WriteBuffered {
     inner: Stream,
     buf: Vec<u8>,
     /// Bytes of `buf` already written to `inner`.
     written: usize,
     capacity: usize,
+    /// A TLS stream: readiness is found by reading ahead.
+    tls: bool,
+    /// The byte read ahead, not yet given to a reader.
+    ahead: Option<u8>,
 }
 
 impl WriteBuffered {
-    pub(crate) fn new(inner: Stream, capacity: usize) -> Self {
+    pub(crate) fn new(inner: Stream, capacity: usize, tls: bool) -> Self {
         WriteBuffered {
             inner,
             buf: Vec::new(),
             written: 0,
             capacity,
+            tls,
+            ahead: None,
+        }
+    }
+
+    /// The TLS side of [`AsyncRead::poll_read`]: an empty `buf` waits for a byte of plaintext
+    /// (or the end, or an error) and keeps it; a real read gets the kept byte first.
+    fn poll_read_tls(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            if self.ahead.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut one = [0u8; 1];
+            let mut ahead = ReadBuf::new(&mut one);
+            ready!(Pin::new(&mut *self.inner).poll_read(cx, &mut ahead))?;
+            self.ahead = ahead.filled().first().copied();
+            return Poll::Ready(Ok(()));
+        }
+        match self.ahead.take() {
+            Some(byte) => {
+                buf.put_slice(&[byte]);
+                // Whatever else is already there comes along; nothing more is waited for.
+                match Pin::new(&mut *self.inner).poll_read(cx, buf) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
+            None => Pin::new(&mut *self.inner).poll_read(cx, buf),
         }
     }
 
@@ -428,6 +474,9 @@ impl AsyncRead for WriteBuffered {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.tls {
+            return self.poll_read_tls(cx, buf);
+        }
         Pin::new(&mut *self.inner).poll_read(cx, buf)
     }
 }

@@ -35,7 +35,8 @@ pub(super) fn add_forwarding_headers(session: &Session, request: &mut RequestHea
             .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "X-Forwarded-For", e))?;
         request.insert_header("X-Forwarded-For", forwarded_for)?;
     }
-    request.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
+    let proto = if is_tls(session) { "https" } else { "http" };
+    request.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
     let host = session
         .req_header()
         .headers
@@ -121,6 +122,42 @@ impl std::fmt::Write for IpText {
         self.len = end;
         Ok(())
     }
+}
+
+/// Whether the request came over TLS.
+pub(super) fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// The `https://` URL of a request that came in the clear (`lb.redirect_to_https`): its host
+/// without the port, then `tls_port` unless it is 443, then the path and query. `None` when
+/// the request names no host.
+pub(super) fn https_location(session: &Session, tls_port: u16) -> Option<String> {
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let host = strip_port(host.trim());
+    if host.is_empty() {
+        return None;
+    }
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = if path.starts_with('/') { path } else { "/" };
+    Some(if tls_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{tls_port}{path}")
+    })
+}
+
+/// `host` without its `:port` (an IPv6 literal keeps its brackets).
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    host.split(':').next().unwrap_or(host)
 }
 
 /// Applies a route's rules to the request sent upstream: the prefix it strips and the headers
@@ -226,6 +263,14 @@ fn remove_hop_by_hop(response: &mut ResponseHeader, keep_upgrade: bool) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(super::strip_port("example.com:8080"), "example.com");
+        assert_eq!(super::strip_port("example.com"), "example.com");
+        assert_eq!(super::strip_port("[::1]:80"), "[::1]");
+        assert_eq!(super::strip_port("[::1]"), "[::1]");
+    }
+
     use super::*;
 
     fn response(headers: &[(&'static str, &'static str)]) -> ResponseHeader {

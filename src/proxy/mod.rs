@@ -9,7 +9,8 @@
 //!   enforces the connection limit, the header deadline, pipelining order and the drain;
 //! - [`strict`]: what a request header may not be (ambiguous framing, no Host, over a limit);
 //! - [`rate_limit`]: the per-client-address token buckets of `lb.limits.rate`;
-//! - [`in_flight`]: the count of requests being proxied.
+//! - [`in_flight`]: the count of requests being proxied;
+//! - [`tls`]: the HTTPS listeners' settings and the choice of a certificate by SNI.
 //!
 //! Depends on: [`crate::balancer`], [`crate::config`], [`crate::observe`], [`crate::outcome`].
 
@@ -21,6 +22,7 @@ mod rate_limit;
 mod request_key;
 mod respond;
 mod strict;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,7 @@ use crate::outcome::{describe_error, is_local_resource_error, Outcome};
 
 pub(crate) use client::{ClientApp, ClientConnections, ConnState};
 pub(crate) use in_flight::{InFlight, InFlightGuard};
+pub(crate) use tls::listener_settings as tls_listener_settings;
 
 /// The load-balancing proxy.
 pub(crate) struct LbProxy {
@@ -225,6 +228,33 @@ impl ProxyHttp for LbProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if ctx.routing.config.redirect_to_https && !forwarding::is_tls(session) {
+            let port = ctx
+                .routing
+                .config
+                .tls
+                .as_ref()
+                .and_then(|t| t.listen.first())
+                .map_or(443, |a| a.port());
+            match forwarding::https_location(session, port) {
+                Some(location) => {
+                    let body = Bytes::from(format!("Redirecting to {location}\n"));
+                    let content_type = "text/plain; charset=utf-8";
+                    respond::send(session, 308, content_type, body, Some(&location)).await?
+                }
+                None => {
+                    respond::send(
+                        session,
+                        400,
+                        "text/plain; charset=utf-8",
+                        Bytes::from_static(b"400 Bad Request: no Host to redirect to\n"),
+                        None,
+                    )
+                    .await?
+                }
+            }
+            return Ok(true);
+        }
         let req = session.req_header();
         let host = req
             .headers
