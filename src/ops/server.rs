@@ -104,13 +104,16 @@ pub fn build(
     let nofile = super::fd_limit::raise_nofile();
     let admin_listen = config.lb.admin.as_ref().map(|a| a.listen);
     let routing_for_exit = routing.clone();
+    let mut http = pingora::proxy::http_proxy(
+        &server.configuration,
+        LbProxy::new(routing.clone(), in_flight.clone()),
+    );
+    http.server_options = Some(crate::proxy::server_options(&config.lb));
+    http.h2_options = Some(crate::proxy::h2_options());
     let mut proxy = Service::new(
         "lb proxy".to_string(),
         ClientApp::new(
-            pingora::proxy::http_proxy(
-                &server.configuration,
-                LbProxy::new(routing.clone(), in_flight.clone()),
-            ),
+            http,
             routing.clone(),
             connections.clone(),
             super::fd_limit::client_connection_budget(nofile),

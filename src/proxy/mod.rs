@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
+use pingora::apps::HttpServerOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -36,8 +37,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::balancer::routes::{has_dot_segment, Route};
 use crate::balancer::selection::Pool;
-use crate::balancer::{passive, Lease, Routing, SharedRouting};
-use crate::config::{RouteAction, Selection};
+use crate::balancer::{passive, peer, Lease, Routing, SharedRouting};
+use crate::config::{LbConfig, RouteAction, Selection};
 use crate::observe::access_log::AccessEntry;
 use crate::outcome::{describe_error, is_local_resource_error, Outcome};
 
@@ -334,19 +335,11 @@ impl ProxyHttp for LbProxy {
             .acquire(hash, &ctx.tried, &pool.config.queue)
             .await
             .map_err(errors::acquire_error)?;
-        let addr = lease.upstream().addr;
-        ctx.tried.push(addr);
+        let peer = peer::upstream_peer(&pool.config, lease.upstream());
+        ctx.tried.push(lease.upstream().addr);
         ctx.lease = Some(lease);
         ctx.attempt_started = Some(Instant::now());
         ctx.attempt_recorded = false;
-        let timeouts = &ctx.pool().config.timeouts;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let options = &mut peer.options;
-        options.connection_timeout = Some(timeouts.connect);
-        options.total_connection_timeout = Some(timeouts.connect);
-        options.read_timeout = Some(timeouts.read);
-        options.write_timeout = Some(timeouts.write);
-        options.idle_timeout = Some(timeouts.idle);
         Ok(Box::new(peer))
     }
 
@@ -593,6 +586,40 @@ impl ProxyHttp for LbProxy {
         }
     }
 }
+
+/// pingora's options for client connections. `h2c` is on so that the connections
+/// [`ClientApp`] recognises as HTTP/2 (it reads their preface itself and sends HTTP/1 down its
+/// own lean path, whatever `lb.h2c` says) are served as such.
+pub(crate) fn server_options(config: &LbConfig) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    // An HTTP/2 connection without streams is closed after `lb.timeouts.idle`, as an idle
+    // HTTP/1 one is (fixed at start: pingora reads it once).
+    options.h2_idle_timeout = Some(config.client_idle);
+    options
+}
+
+/// The limits of an HTTP/2 client connection. Those not set here are the h2 crate's (0.4.20),
+/// which already bound the known HTTP/2 attacks: at most 20 streams reset by the client before
+/// lb accepted them (rapid reset, CVE-2023-44487; beyond, GOAWAY `ENHANCE_YOUR_CALM`), 1024
+/// streams lb had to reset for errors, 400 KiB of response data buffered per stream, a header
+/// block (HEADERS and all its CONTINUATIONs) no larger than the header list limit below,
+/// one pending SETTINGS acknowledgement and one pending PING answer (more wait for the socket).
+pub(crate) fn h2_options() -> pingora::protocols::http::v2::server::H2Options {
+    let mut options = pingora::protocols::http::v2::server::H2Options::new();
+    options.max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+    options.max_header_list_size(H2_MAX_HEADER_LIST_BYTES);
+    options.max_pending_accept_reset_streams(20);
+    options.max_local_error_reset_streams(Some(1024));
+    options
+}
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS lb advertises to HTTP/2 clients (as nginx and pingora do).
+pub(crate) const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// SETTINGS_MAX_HEADER_LIST_SIZE lb advertises: decoded request header bytes (64 KiB, the
+/// default of `lb.limits.max_header_bytes`).
+pub(crate) const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Whether the request may be sent again: an idempotent method whose body we still hold
 /// whole, and nothing of a response sent to the client.
