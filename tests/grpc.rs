@@ -41,9 +41,10 @@ fn assert_answers(report: &serde_json::Value, names: &[&str]) {
     }
     let stream = report["stream"].as_array().expect("streamed answers");
     assert_eq!(stream.len(), 5, "{report}");
-    assert!(stream.iter().enumerate().all(|(i, m)| m
-        .as_str()
-        .is_some_and(|m| m.ends_with(&format!(":{i}")))));
+    assert!(stream
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.as_str().is_some_and(|m| m.ends_with(&format!(":{i}")))));
     assert_eq!(
         report["missing"],
         serde_json::json!(["NOT_FOUND", "no such thing"]),

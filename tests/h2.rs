@@ -277,3 +277,60 @@ fn bad_protocol_and_upstream_tls_are_refused_naming_the_key() {
         assert!(ok, "refused:\n{lines}{out}");
     }
 }
+
+/// Lines of a backend's request log that start with `method`.
+fn logged(log: &std::path::Path, method: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{method} ")))
+        .count()
+}
+
+#[test]
+fn a_post_reset_by_an_http2_upstream_is_not_retried_a_get_is() {
+    let dir = TempDir::new();
+    let (resets, reset_log) = h2_backend("resets", &dir, &["--reset"]);
+    let (good, good_log) = h2_backend("good", &dir, &[]);
+    let lb = Lb::start(
+        LbConf::new()
+            .upstreams([resets.addr, good.addr])
+            .key("protocol", "h2c")
+            .passive_health(fields().set("consecutive_failures", 0)),
+    );
+    // GET is idempotent: an attempt reset by `resets` goes on to `good`.
+    for i in 0..4 {
+        let r = get(lb.addr, &format!("/get{i}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.backend().as_deref(), Some("good"));
+    }
+    assert!(
+        logged(&reset_log, "GET") >= 1,
+        "no GET reached the resetting upstream"
+    );
+
+    // POST is not: the upstream received it, so it is never sent again, whatever pingora says.
+    let mut failed = 0;
+    for i in 0..4 {
+        let r = request("POST", lb.addr, &format!("/post{i}"))
+            .body("payload")
+            .send()
+            .unwrap();
+        match r.status {
+            200 => assert_eq!(r.backend().as_deref(), Some("good")),
+            502 => failed += 1,
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    let (at_reset, at_good) = (logged(&reset_log, "POST"), logged(&good_log, "POST"));
+    assert!(at_reset >= 1, "no POST reached the resetting upstream");
+    assert_eq!(
+        failed, at_reset,
+        "each POST reset upstream fails, none is retried"
+    );
+    assert_eq!(
+        at_reset + at_good,
+        4,
+        "every POST reached an upstream exactly once"
+    );
+}

@@ -466,9 +466,13 @@ impl ProxyHttp for LbProxy {
         let upstream_side = e.esource() == &ErrorSource::Upstream;
         let outcome = match e.etype() {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Outcome::Timeout),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-                Some(Outcome::Reset)
-            }
+            // An HTTP/2 upstream that resets the stream or breaks the protocol broke this
+            // attempt as a closed connection would.
+            ErrorType::ConnectionClosed
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::H2Error
+            | ErrorType::InvalidH2 => Some(Outcome::Reset),
             _ => None,
         };
         let Some(outcome) = outcome.filter(|_| upstream_side) else {
@@ -481,7 +485,10 @@ impl ProxyHttp for LbProxy {
         });
         // A request may be repeated on another upstream only if repeating it is safe: an
         // idempotent method whose whole body we still hold, and no response started towards
-        // the client.
+        // the client. This decision replaces pingora's own flag, whatever it says: pingora
+        // marks some HTTP/2 errors retryable after the request was sent (`InvalidH2`,
+        // pingora issue #979), and a POST that reached an upstream must never be sent twice.
+        // Only a failed connect (`fail_to_connect`) retries any method: nothing was sent.
         let retry = ctx.pool().config.retries.on.contains(outcome)
             && safe_to_repeat(session)
             && ctx.may_retry();

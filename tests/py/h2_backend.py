@@ -4,8 +4,8 @@
 Serves HTTP/2 with prior knowledge (h2c), or over TLS with ALPN h2 when --cert and --key are
 given. Every request is answered 200 with an echo body in the test harness's format
 (`backend=NAME`, `protocol=h2`, `method=...`, `path=...`, `body-bytes=N`), and logged as one line
-`METHOD PATH` in --log. With --reset-post, a POST is answered with RST_STREAM (INTERNAL_ERROR)
-once its whole body is read: the request reached the backend, no answer came back.
+`METHOD PATH` in --log. With --reset, every request is answered with RST_STREAM
+(INTERNAL_ERROR) once it is read whole: it reached the backend, no answer came back.
 """
 import argparse
 import asyncio
@@ -55,7 +55,7 @@ class Backend(asyncio.Protocol):
         path = headers.get(":path", "")
         with open(self.args.log, "a") as log:
             log.write(f"{method} {path}\n")
-        if self.args.reset_post and method == "POST":
+        if self.args.reset:
             self.conn.reset_stream(stream_id, error_code=2)
             return
         body = (
@@ -81,7 +81,7 @@ async def main():
     parser.add_argument("--log", required=True)
     parser.add_argument("--cert")
     parser.add_argument("--key")
-    parser.add_argument("--reset-post", action="store_true")
+    parser.add_argument("--reset", action="store_true")
     args = parser.parse_args()
     context = None
     if args.cert:
