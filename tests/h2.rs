@@ -334,3 +334,64 @@ fn a_post_reset_by_an_http2_upstream_is_not_retried_a_get_is() {
         "every POST reached an upstream exactly once"
     );
 }
+
+/// A well-behaved, idle HTTP/2 client (tests/py/h2_abuse.py idle: it answers PINGs and waits
+/// up to 60 s for lb to end the connection); its first line said, and the rest to come.
+fn idle_h2_client(
+    addr: SocketAddr,
+) -> (
+    std::process::Child,
+    String,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut client = Command::new(common::python::PYTHON)
+        .arg(common::python::script("h2_abuse.py"))
+        .args([&addr.to_string(), "idle", "60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    (client, first, lines)
+}
+
+#[test]
+fn http2_connections_count_against_the_connection_limit() {
+    let a = Backend::start("a");
+    let lb = Lb::start(
+        LbConf::new()
+            .upstream(&a)
+            .key("limits", fields().set("max_client_connections", 2)),
+    );
+    let (mut first, said, _l1) = idle_h2_client(lb.addr);
+    assert_eq!(said, "connected");
+    let (mut second, said, _l2) = idle_h2_client(lb.addr);
+    assert_eq!(said, "connected");
+    let (mut third, said, _l3) = idle_h2_client(lb.addr);
+    assert_eq!(said, "refused", "a third connection beyond the limit of 2");
+    for c in [&mut first, &mut second, &mut third] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn a_graceful_stop_sends_goaway_and_waits_for_http2_connections() {
+    let a = Backend::start("a");
+    let mut lb = Lb::start(LbConf::new().upstream(&a));
+    let (mut client, said, mut lines) = idle_h2_client(lb.addr);
+    assert_eq!(said, "connected");
+    common::lb_process::signal(lb.pid(), libc::SIGTERM).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("report").unwrap()).unwrap();
+    let _ = client.wait();
+    assert_eq!(report["goaway"], 0, "GOAWAY (NO_ERROR) expected: {report}");
+    assert_eq!(report["closed"], true, "{report}");
+    assert!(
+        common::wait::wait_until(Duration::from_secs(30), || !lb.is_running()),
+        "lb did not exit"
+    );
+    // It exited because the connection closed, not because the grace period ran out.
+    lb.expect_log("all requests finished and client connections closed");
+}

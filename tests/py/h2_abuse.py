@@ -9,7 +9,10 @@ Modes:
   frames of 16 KiB;
 - settings: COUNT SETTINGS frames, never reading the acknowledgements;
 - ping: COUNT PING frames, never reading the answers;
-- streams: COUNT streams opened and left open (HEADERS without END_STREAM).
+- streams: COUNT streams opened and left open (HEADERS without END_STREAM);
+- idle: no abuse: a well-behaved idle connection that prints `connected` once lb's SETTINGS
+  arrived (`refused` if lb closed it before any), then waits up to COUNT seconds for lb to end it (to see the GOAWAY of a graceful
+  stop).
 
 Prints one JSON object: frames sent, whether sending blocked (the server stopped reading),
 whether the server closed, its GOAWAY error code if any, the RST_STREAM codes it sent, and the
@@ -36,11 +39,14 @@ def frame(kind, flags, stream, payload=b""):
 class Reader(threading.Thread):
     """Reads the server's frames and keeps what the report needs."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, answer_pings=False):
         super().__init__(daemon=True)
         self.sock = sock
+        self.answer_pings = answer_pings
         self.max_streams = None
         self.goaway = None
+        self.goaway_at = None
+        self.closed_at = None
         self.resets = {}
         self.closed = False
         self.frames = 0
@@ -70,10 +76,14 @@ class Reader(threading.Thread):
                             self.max_streams = value
                 elif kind == GOAWAY and len(payload) >= 8:
                     self.goaway = struct.unpack(">I", payload[4:8])[0]
+                    self.goaway_at = self.goaway_at or time.time()
+                elif kind == PING and not flags & ACK and self.answer_pings:
+                    self.sock.sendall(frame(PING, ACK, 0, payload))
                 elif kind == RST_STREAM and len(payload) >= 4:
                     code = struct.unpack(">I", payload[:4])[0]
                     self.resets[code] = self.resets.get(code, 0) + 1
         except (EOFError, OSError):
+            self.closed_at = time.time()
             self.closed = True
 
 
@@ -84,7 +94,7 @@ def main():
     sock = socket.create_connection((host, int(port)), timeout=10)
     # A stalled send (the server stopped reading) ends the flood after this long.
     sock.settimeout(5)
-    reader = Reader(sock)
+    reader = Reader(sock, answer_pings=(mode == "idle"))
     reader.start()
     encoder = hpack.Encoder()
     get = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "lb.test")]
@@ -145,11 +155,26 @@ def main():
         elif mode == "streams":
             for i in range(count):
                 send(frame(HEADERS, END_HEADERS, 2 * i + 1, encoder.encode(post)))
+        elif mode == "idle":
+            while reader.frames == 0 and not reader.closed:
+                time.sleep(0.05)
+            if reader.frames == 0:
+                # Closed before any HTTP/2 frame: lb refused the connection.
+                print("refused", flush=True)
+            else:
+                # Acknowledge lb's SETTINGS, as a real client would.
+                sock.sendall(frame(SETTINGS, ACK, 0))
+                print("connected", flush=True)
+            deadline = time.time() + count
+            while time.time() < deadline and not reader.closed:
+                time.sleep(0.05)
         else:
             raise SystemExit(f"unknown mode {mode}")
         flush()
     except OSError:
-        pass
+        if mode == "idle" and reader.frames == 0:
+            # Closed (reset) before any HTTP/2 frame: lb refused the connection.
+            print("refused", flush=True)
     # Give the server time to answer what it was sent (bounded).
     deadline = time.time() + 3
     while time.time() < deadline and not reader.closed:
@@ -163,6 +188,8 @@ def main():
         "resets": reader.resets,
         "max_concurrent_streams": reader.max_streams,
         "frames_received": reader.frames,
+        "goaway_at": reader.goaway_at,
+        "closed_at": reader.closed_at,
     }))
     sock.close()
 
