@@ -109,7 +109,7 @@ pub fn build(
         LbProxy::new(routing.clone(), in_flight.clone()),
     );
     http.server_options = Some(crate::proxy::server_options(&config.lb));
-    http.h2_options = Some(crate::proxy::h2_options());
+    http.h2_options = Some(crate::proxy::h2_options(&config.lb));
     let mut proxy = Service::new(
         "lb proxy".to_string(),
         ClientApp::new(

@@ -610,12 +610,17 @@ pub(crate) fn server_options(config: &LbConfig) -> HttpServerOptions {
 /// which already bound the known HTTP/2 attacks: at most 20 streams reset by the client before
 /// lb accepted them (rapid reset, CVE-2023-44487; beyond, GOAWAY `ENHANCE_YOUR_CALM`), 1024
 /// streams lb had to reset for errors, 400 KiB of response data buffered per stream, a header
-/// block (HEADERS and all its CONTINUATIONs) no larger than the header list limit below,
+/// block (HEADERS and all its CONTINUATIONs) no larger than the header list limit,
 /// one pending SETTINGS acknowledgement and one pending PING answer (more wait for the socket).
-pub(crate) fn h2_options() -> pingora::protocols::http::v2::server::H2Options {
+///
+/// The header list limit is `lb.limits.max_header_bytes` as it was at start (pingora builds these
+/// options once).
+pub(crate) fn h2_options(config: &LbConfig) -> pingora::protocols::http::v2::server::H2Options {
     let mut options = pingora::protocols::http::v2::server::H2Options::new();
     options.max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
-    options.max_header_list_size(H2_MAX_HEADER_LIST_BYTES);
+    // Validation keeps it below 1 MiB.
+    let header_list = u32::try_from(config.client.max_header_bytes).unwrap_or(u32::MAX);
+    options.max_header_list_size(header_list);
     options.max_pending_accept_reset_streams(20);
     options.max_local_error_reset_streams(Some(1024));
     options
@@ -623,10 +628,6 @@ pub(crate) fn h2_options() -> pingora::protocols::http::v2::server::H2Options {
 
 /// SETTINGS_MAX_CONCURRENT_STREAMS lb advertises to HTTP/2 clients (as nginx and pingora do).
 pub(crate) const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-
-/// SETTINGS_MAX_HEADER_LIST_SIZE lb advertises: decoded request header bytes (64 KiB, the
-/// default of `lb.limits.max_header_bytes`).
-pub(crate) const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Whether the request may be sent again: an idempotent method whose body we still hold
 /// whole, and nothing of a response sent to the client.
