@@ -41,6 +41,10 @@ pub(crate) fn upstream_peer(pool: &PoolConfig, upstream: &Upstream) -> HttpPeer 
         options.verify_hostname = tls.verify;
         options.ca = tls.ca.as_ref().map(|ca| ca.certs.clone());
     }
+    // pingora's connection reuse tells peers apart by address, scheme, server name and
+    // verification, not by ALPN or CA: the group key keeps a connection made for one protocol,
+    // or checked against one CA (before a reload changed `ca_file`), from serving another.
+    peer.group_key = ((protocol as u64) << 56) ^ tls.ca.as_ref().map_or(0, |ca| ca.fingerprint());
     peer
 }
 

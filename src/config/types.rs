@@ -80,6 +80,8 @@ pub struct CaBundle {
     pub certs: Arc<pingora::protocols::tls::CaType>,
     /// The certificates' DER bytes: what two bundles are compared by.
     der: Arc<[Vec<u8>]>,
+    /// A hash of `der`, to keep connections checked against other CAs apart.
+    fingerprint: u64,
 }
 
 impl CaBundle {
@@ -94,10 +96,22 @@ impl CaBundle {
             .iter()
             .map(|c| c.to_der().map_err(|e| format!("bad certificate: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            der.hash(&mut hasher);
+            hasher.finish()
+        };
         Ok(CaBundle {
             certs: Arc::new(certs.into_boxed_slice()),
             der: der.into(),
+            fingerprint,
         })
+    }
+
+    /// A hash of the certificates.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     pub fn len(&self) -> usize {
