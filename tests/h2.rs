@@ -80,10 +80,13 @@ fn h2c_streams_on_one_connection_are_balanced_per_request_and_http1_stays() {
 }
 
 #[test]
-fn h2c_can_be_turned_off() {
+fn h2c_can_be_turned_off_by_a_reload() {
     let a = Backend::start("a");
-    let lb = Lb::start(LbConf::new().upstream(&a).key("h2c", false));
+    let conf = LbConf::new().upstream(&a);
+    let mut lb = Lb::start(conf.clone());
     wait_ready(lb.addr);
+    assert_eq!(curl_h2c(lb.addr, "/").1, 200);
+    lb.reload(conf.key("h2c", false));
     let (version, status, _) = curl_h2c(lb.addr, "/");
     assert!(
         !(version == "2" && status == 200),
