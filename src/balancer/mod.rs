@@ -5,6 +5,7 @@
 //! - [`registry`] and [`upstream`]: each upstream's live state (health verdict, ejection, admin
 //!   state, load, latency), kept across reloads;
 //! - [`selection`]: the pool and its algorithms, and the queue behind [`Pool::acquire`];
+//! - [`peer`]: how lb connects to an upstream (protocol, TLS), for requests and checks alike;
 //! - [`passive`]: outlier ejection from the outcomes of live requests;
 //! - [`retry_budget`]: the share of requests that may be retried;
 //! - [`saved`]: the runtime state (admin actions, admin weights, ejections) handed to the next
@@ -15,6 +16,7 @@
 //! operations, which all build on it.
 
 pub(crate) mod passive;
+pub(crate) mod peer;
 pub(crate) mod registry;
 pub(crate) mod retry_budget;
 pub(crate) mod routes;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::types::{AccessLogFormat, CheckType, LogFormat, Selection};
+use super::types::{AccessLogFormat, CheckType, LogFormat, Selection, UpstreamProtocol};
 use super::values::parse_duration;
 use crate::outcome::{status_code, OutcomeMatch, StatusRange};
 
@@ -21,6 +21,7 @@ pub(crate) struct RawLb {
     pub(crate) listen: Option<Vec<String>>,
     pub(crate) tls: Option<super::tls::RawTls>,
     pub(crate) redirect_to_https: Option<bool>,
+    pub(crate) h2c: Option<bool>,
     pub(crate) admin: Option<RawAdmin>,
     pub(crate) access_log: Option<RawAccessLog>,
     #[serde(default)]
@@ -40,6 +41,8 @@ pub(crate) struct RawLb {
     pub(crate) slow_start: Option<DurationValue>,
     pub(crate) queue: Option<RawQueue>,
     pub(crate) discovery: Option<RawDiscovery>,
+    pub(crate) protocol: Option<UpstreamProtocol>,
+    pub(crate) upstream_tls: Option<RawUpstreamTls>,
 }
 
 /// `lb.limits`: what one client connection or request may use.
@@ -157,6 +160,8 @@ impl RawLb {
             slow_start: self.slow_start,
             queue: self.queue.clone(),
             discovery: self.discovery.clone(),
+            protocol: self.protocol,
+            upstream_tls: self.upstream_tls.clone(),
         }
     }
 }
@@ -175,6 +180,8 @@ pub(crate) struct RawPool {
     pub(crate) slow_start: Option<DurationValue>,
     pub(crate) queue: Option<RawQueue>,
     pub(crate) discovery: Option<RawDiscovery>,
+    pub(crate) protocol: Option<UpstreamProtocol>,
+    pub(crate) upstream_tls: Option<RawUpstreamTls>,
 }
 
 /// `a.or(b)` for each field, and recursively for blocks: what `self` leaves out, `defaults`
@@ -205,8 +212,29 @@ impl Merge for RawPool {
             slow_start: self.slow_start.or(d.slow_start),
             queue: merge_block(self.queue, &d.queue),
             discovery: merge_block(self.discovery, &d.discovery),
+            protocol: self.protocol.or(d.protocol),
+            upstream_tls: merge_block(self.upstream_tls, &d.upstream_tls),
         }
     }
+}
+
+impl Merge for RawUpstreamTls {
+    fn over(self, d: &Self) -> Self {
+        RawUpstreamTls {
+            sni: self.sni.or_else(|| d.sni.clone()),
+            verify: self.verify.or(d.verify),
+            ca_file: self.ca_file.or_else(|| d.ca_file.clone()),
+        }
+    }
+}
+
+/// `upstream_tls:` as written.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) sni: Option<String>,
+    pub(crate) verify: Option<bool>,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 impl Merge for RawRetries {

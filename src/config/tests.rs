@@ -394,3 +394,114 @@ fn bad_discovery_entries_name_their_key() {
         assert!(e.contains(key) && e.contains(reason), "{yaml}: {e}");
     }
 }
+
+#[test]
+fn protocol_and_upstream_tls_defaults_and_inheritance() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert!(c.lb.h2c);
+    assert_eq!(c.lb.pools[0].protocol, UpstreamProtocol::Http1);
+    assert_eq!(c.lb.pools[0].upstream_tls, UpstreamTls::default());
+    assert!(c.lb.pools[0].upstream_tls.verify);
+
+    // lb-level keys are every pool's defaults; upstream_tls written at lb level is no error
+    // for a pool without TLS in the pools form.
+    let c = Config::from_yaml(
+        r#"
+lb:
+  listen: ["127.0.0.1:8080"]
+  h2c: false
+  protocol: https_h2
+  upstream_tls: { sni: backend.internal, verify: false }
+  pools:
+    secure: { upstreams: ["127.0.0.1:8081"] }
+    grpc: { upstreams: ["127.0.0.1:8082"], protocol: h2c }
+    other: { upstreams: ["127.0.0.1:8083"], upstream_tls: { verify: true } }
+  routes:
+    - { path: /grpc, pool: grpc }
+    - { path: /other, pool: other }
+    - { pool: secure }
+"#,
+    )
+    .unwrap();
+    assert!(!c.lb.h2c);
+    let secure = c.lb.pool("secure").unwrap();
+    assert_eq!(secure.protocol, UpstreamProtocol::HttpsH2);
+    assert_eq!(secure.upstream_tls.sni.as_deref(), Some("backend.internal"));
+    assert!(!secure.upstream_tls.verify);
+    assert_eq!(c.lb.pool("grpc").unwrap().protocol, UpstreamProtocol::H2c);
+    let other = c.lb.pool("other").unwrap();
+    assert!(
+        other.upstream_tls.verify,
+        "key by key over the lb-level block"
+    );
+    assert_eq!(other.upstream_tls.sni.as_deref(), Some("backend.internal"));
+
+    // Written on a pool without TLS: an error naming the pool's key.
+    let e = err(r#"
+lb:
+  listen: ["127.0.0.1:8080"]
+  pools:
+    api: { upstreams: ["127.0.0.1:8081"], protocol: h2c, upstream_tls: { verify: false } }
+"#);
+    assert!(
+        e.starts_with("lb.pools.api.upstream_tls: only for protocol https or https_h2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_tls_server_name_defaults_to_the_upstream_host_name() {
+    let upstream = |name: &str| Upstream {
+        name: name.to_string(),
+        addr: "127.0.0.1:443".parse().unwrap(),
+        weight: 1,
+        max_conns: None,
+        backup: false,
+        origin: None,
+    };
+    let tls = UpstreamTls::default();
+    assert_eq!(
+        tls.server_name(&upstream("backend-1.internal:8443")),
+        "backend-1.internal"
+    );
+    assert_eq!(tls.server_name(&upstream("127.0.0.1:8443")), "");
+    assert_eq!(tls.server_name(&upstream("[::1]:8443")), "");
+    let named = UpstreamTls {
+        sni: Some("api.internal".to_string()),
+        ..UpstreamTls::default()
+    };
+    assert_eq!(
+        named.server_name(&upstream("127.0.0.1:8443")),
+        "api.internal"
+    );
+    assert_eq!(
+        named.server_name(&upstream("backend-1.internal:8443")),
+        "api.internal"
+    );
+}
+
+#[test]
+fn discovered_upstreams_get_their_dns_name_as_tls_server_name() {
+    let discovered = Upstream {
+        name: "127.0.0.3:8443".to_string(),
+        addr: "127.0.0.3:8443".parse().unwrap(),
+        weight: 1,
+        max_conns: None,
+        backup: false,
+        origin: Some("dns:api.internal:8443".to_string()),
+    };
+    assert_eq!(
+        UpstreamTls::default().server_name(&discovered),
+        "api.internal"
+    );
+    let e = err(r#"
+lb:
+  listen: ["127.0.0.1:8080"]
+  protocol: https
+  upstreams: [{ srv: _https._tcp.api.service.consul }]
+"#);
+    assert!(
+        e.starts_with("lb.upstream_tls.sni: required with verify: true"),
+        "{e}"
+    );
+}

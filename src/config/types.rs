@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -37,6 +38,137 @@ impl fmt::Display for Selection {
             Selection::P2cEwma => "p2c_ewma",
             Selection::ConsistentHash => "consistent_hash",
         })
+    }
+}
+
+/// How lb speaks to a pool's upstreams (`protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over TCP.
+    #[default]
+    Http1,
+    /// HTTP/2 over TCP with prior knowledge (gRPC without TLS).
+    H2c,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// TLS, offering h2 then http/1.1 by ALPN.
+    HttpsH2,
+}
+
+impl UpstreamProtocol {
+    /// Whether connections to the upstreams use TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Https | UpstreamProtocol::HttpsH2)
+    }
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::Https => "https",
+            UpstreamProtocol::HttpsH2 => "https_h2",
+        })
+    }
+}
+
+/// CA certificates read from `upstream_tls.ca_file` at load, shared by every connection.
+#[derive(Clone)]
+pub struct CaBundle {
+    /// In the form pingora's peers take.
+    pub certs: Arc<pingora::protocols::tls::CaType>,
+    /// The certificates' DER bytes: what two bundles are compared by.
+    der: Arc<[Vec<u8>]>,
+    /// A hash of `der`, to keep connections checked against other CAs apart.
+    fingerprint: u64,
+}
+
+impl CaBundle {
+    /// Every certificate in a PEM text; an error when there is none or one is malformed.
+    pub fn from_pem(pem: &[u8]) -> Result<CaBundle, String> {
+        let certs = pingora::tls::x509::X509::stack_from_pem(pem)
+            .map_err(|e| format!("not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string());
+        }
+        let der = certs
+            .iter()
+            .map(|c| c.to_der().map_err(|e| format!("bad certificate: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            der.hash(&mut hasher);
+            hasher.finish()
+        };
+        Ok(CaBundle {
+            certs: Arc::new(certs.into_boxed_slice()),
+            der: der.into(),
+            fingerprint,
+        })
+    }
+
+    /// A hash of the certificates.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    pub fn len(&self) -> usize {
+        self.der.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.der.is_empty()
+    }
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.der == other.der
+    }
+}
+
+impl Eq for CaBundle {}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CaBundle({} certificates)", self.der.len())
+    }
+}
+
+/// `upstream_tls`: how lb checks the upstreams of an `https`/`https_h2` pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The server name sent (SNI) and checked; `None`: each upstream's host name as written
+    /// (none for an upstream written as an IP address).
+    pub sni: Option<String>,
+    /// Whether the upstream's certificate chain and name are checked.
+    pub verify: bool,
+    pub ca_file: Option<PathBuf>,
+    /// The certificates of `ca_file`; `None`: the system's roots.
+    pub ca: Option<CaBundle>,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls {
+            sni: None,
+            verify: true,
+            ca_file: None,
+            ca: None,
+        }
+    }
+}
+
+impl UpstreamTls {
+    /// The server name sent to and checked against `upstream`: `sni`, else its host name.
+    pub fn server_name<'a>(&'a self, upstream: &'a Upstream) -> &'a str {
+        self.sni
+            .as_deref()
+            .or_else(|| upstream.host_name())
+            .unwrap_or("")
     }
 }
 
@@ -123,6 +255,24 @@ impl Default for DiscoveryConfig {
             ipv6: true,
             allow_empty: false,
         }
+    }
+}
+
+impl Upstream {
+    /// The host name the upstream was written with (`backend.internal` of
+    /// `backend.internal:8443`); `None` when it was written as an IP address.
+    /// An address discovered from `dns: host:port` has `host`.
+    pub fn host_name(&self) -> Option<&str> {
+        let written = match self.origin.as_deref().and_then(|o| o.strip_prefix("dns:")) {
+            Some(dns) => dns,
+            None => &self.name,
+        };
+        let host = match written.rsplit_once(':') {
+            Some((host, _port)) => host,
+            None => written,
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        (!bare.is_empty() && bare.parse::<std::net::IpAddr>().is_err()).then_some(host)
     }
 }
 
@@ -366,6 +516,10 @@ pub struct PoolConfig {
     /// (with an `origin`), filled in by the discovery layer.
     pub discovered: Vec<DiscoveredName>,
     pub discovery: DiscoveryConfig,
+    /// How lb speaks to the upstreams.
+    pub protocol: UpstreamProtocol,
+    /// `https`/`https_h2` only: server name and certificate checks.
+    pub upstream_tls: UpstreamTls,
 }
 
 impl PoolConfig {
@@ -384,6 +538,8 @@ impl PoolConfig {
             queue: QueueConfig::default(),
             discovered: Vec::new(),
             discovery: DiscoveryConfig::default(),
+            protocol: UpstreamProtocol::default(),
+            upstream_tls: UpstreamTls::default(),
         }
     }
 }
@@ -557,6 +713,8 @@ pub struct LbConfig {
     pub tls: Option<TlsConfig>,
     /// A request on a plain listener gets a 308 to its `https://` URL (needs `tls`).
     pub redirect_to_https: bool,
+    /// HTTP/2 with prior knowledge on the plain listeners (`lb.h2c`).
+    pub h2c: bool,
     /// How long an idle client keep-alive connection is kept open (`lb.timeouts.idle`).
     pub client_idle: Duration,
     /// At least one; the one-pool form has one named `default`.
@@ -588,6 +746,7 @@ impl LbConfig {
             listen,
             tls: None,
             redirect_to_https: false,
+            h2c: true,
             client_idle: Timeouts::default().idle,
             pools: vec![PoolConfig::with_defaults(upstreams)],
             routes: vec![RouteConfig::catch_all(DEFAULT_POOL, 0)],

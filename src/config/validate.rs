@@ -22,8 +22,16 @@ impl RawLb {
         let client = validate_client(self.timeouts.as_ref(), &self.limits)?;
         let defaults = self.pool_keys();
         let client_idle = validate_timeouts("lb", defaults.timeouts.clone())?.idle;
+        let lb_tls_written = self.upstream_tls.is_some();
         let pools = match self.pools {
-            None => vec![validate_pool("lb", DEFAULT_POOL, defaults, server, true)?],
+            None => vec![validate_pool(
+                "lb",
+                DEFAULT_POOL,
+                defaults,
+                server,
+                true,
+                lb_tls_written,
+            )?],
             Some(OrderedMap(list)) => {
                 if list.is_empty() {
                     return Err(ConfigError::invalid(
@@ -33,7 +41,7 @@ impl RawLb {
                 }
                 // The lb-level keys are checked as defaults first, so that their errors name
                 // `lb.` keys and not the first pool that inherits them.
-                validate_pool("lb", DEFAULT_POOL, defaults.clone(), server, false)?;
+                validate_pool("lb", DEFAULT_POOL, defaults.clone(), server, false, false)?;
                 let mut pools = Vec::with_capacity(list.len());
                 for (name, raw) in list {
                     let key = format!("lb.pools.{name}");
@@ -58,12 +66,14 @@ impl RawLb {
                              under lb.timeouts",
                         ));
                     }
+                    let tls_written = raw.upstream_tls.is_some();
                     pools.push(validate_pool(
                         &key,
                         &name,
                         raw.over(&defaults),
                         server,
                         true,
+                        tls_written,
                     )?);
                 }
                 pools
@@ -101,6 +111,7 @@ impl RawLb {
             listen,
             tls,
             redirect_to_https,
+            h2c: self.h2c.unwrap_or(true),
             client_idle,
             pools,
             routes,
@@ -197,19 +208,50 @@ fn validate_client(t: Option<&RawTimeouts>, l: &RawLimits) -> Result<ClientLimit
 }
 
 /// Validates one pool's keys; `prefix` is the key path errors name (`lb` or `lb.pools.NAME`).
+/// `tls_written`: `upstream_tls` was written at this level (not only inherited from `lb:`), so
+/// it is an error on a pool that does not use TLS.
 fn validate_pool(
     prefix: &str,
     name: &str,
     raw: RawPool,
     server: &ServerConf,
     require_upstreams: bool,
+    tls_written: bool,
 ) -> Result<PoolConfig, ConfigError> {
     let (upstreams, discovered) = validate_upstreams(prefix, raw.upstreams, require_upstreams)?;
+    let protocol = raw.protocol.unwrap_or_default();
+    if tls_written && !protocol.tls() {
+        return Err(ConfigError::invalid(
+            format!("{prefix}.upstream_tls"),
+            format!(
+                "only for protocol https or https_h2 (this pool's protocol is {protocol}): \
+                 remove it or set {prefix}.protocol"
+            ),
+        ));
+    }
+    let upstream_tls = validate_upstream_tls(
+        prefix,
+        raw.upstream_tls.unwrap_or_default(),
+        protocol,
+        &upstreams,
+    )?;
+    let srv_written = discovered
+        .iter()
+        .any(|d| matches!(d.target, DiscoveryTarget::Srv { .. }));
+    if protocol.tls() && upstream_tls.verify && upstream_tls.sni.is_none() && srv_written {
+        // SRV targets are not names the operator wrote: the name to check must be given.
+        return Err(ConfigError::invalid(
+            format!("{prefix}.upstream_tls.sni"),
+            "required with verify: true when upstreams come from srv: records",
+        ));
+    }
     Ok(PoolConfig {
         name: name.to_string(),
         upstreams,
         discovered,
         discovery: validate_discovery(prefix, raw.discovery.unwrap_or_default())?,
+        protocol,
+        upstream_tls,
         selection: raw.selection.unwrap_or_default(),
         hash_key: match raw.hash_key {
             Some(text) => parse_hash_key(&text)
@@ -223,6 +265,84 @@ fn validate_pool(
         slow_start: raw.slow_start.map_or(Duration::ZERO, |d| d.0),
         queue: validate_queue(prefix, raw.queue.unwrap_or_default())?,
     })
+}
+
+/// `upstream_tls`: the server name, the CA file (read and parsed now, once), and that a
+/// certificate can really be checked when `verify` is on.
+fn validate_upstream_tls(
+    prefix: &str,
+    raw: RawUpstreamTls,
+    protocol: UpstreamProtocol,
+    upstreams: &[Upstream],
+) -> Result<UpstreamTls, ConfigError> {
+    let key = format!("{prefix}.upstream_tls");
+    let sni = match raw.sni {
+        None => None,
+        Some(name) => Some(validate_server_name(&name).map_err(|reason| {
+            ConfigError::invalid(format!("{key}.sni"), format!("`{}`: {reason}", cut(&name)))
+        })?),
+    };
+    let verify = raw.verify.unwrap_or(true);
+    let ca = match &raw.ca_file {
+        None => None,
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                ConfigError::invalid(
+                    format!("{key}.ca_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(CaBundle::from_pem(&bytes).map_err(|reason| {
+                ConfigError::invalid(
+                    format!("{key}.ca_file"),
+                    format!("{}: {reason}", path.display()),
+                )
+            })?)
+        }
+    };
+    if protocol.tls() && verify && sni.is_none() {
+        // Without a server name there is nothing to check the certificate against (and
+        // pingora then skips the check altogether): refuse rather than not verify silently.
+        if let Some(ip) = upstreams.iter().find(|u| u.host_name().is_none()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.sni"),
+                format!(
+                    "required with verify: true when an upstream is an IP address (`{}`): \
+                     lb checks the upstream's certificate against this name",
+                    cut(&ip.name)
+                ),
+            ));
+        }
+    }
+    Ok(UpstreamTls {
+        sni,
+        verify,
+        ca_file: raw.ca_file,
+        ca,
+    })
+}
+
+/// A TLS server name (SNI): a DNS name, not an IP address.
+fn validate_server_name(name: &str) -> Result<String, String> {
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() {
+        return Err("empty: give a DNS name such as backend.internal".to_string());
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err("an IP address cannot be a TLS server name: give a DNS name".to_string());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err("not a DNS name (letters, digits, `-` and `.`)".to_string());
+    }
+    Ok(name)
 }
 
 fn validate_listen(raw: Option<Vec<String>>) -> Result<Vec<SocketAddr>, ConfigError> {

@@ -12,19 +12,54 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;
 use pingora::{Error, ErrorType};
 
+use crate::balancer::peer::upstream_peer;
 use crate::balancer::UpstreamState;
-use crate::config::{CheckType, HealthCheckConfig};
+use crate::config::{CheckType, HealthCheckConfig, PoolConfig, Upstream, UpstreamProtocol};
 use crate::outcome::{describe_error, is_local_resource_error};
 
 /// Builds the configured check over `members`, or `None` for `type: none`.
 ///
 /// The settled state of each upstream lives in its [`UpstreamState`], which outlives a reload:
 /// upstreams that stay keep their up/down state and streak instead of starting over.
+///
+/// An `http` check speaks the pool's `protocol` (TLS with the pool's server name and certificate
+/// checks, HTTP/2), so it fails when requests would; a `tcp` check only connects.
 pub(crate) fn build_check(
-    config: &HealthCheckConfig,
+    pool: &PoolConfig,
     members: &[Arc<UpstreamState>],
 ) -> Option<Box<dyn HealthCheck + Send + Sync>> {
+    let config = &pool.health_check;
     let probe: Box<dyn HealthCheck + Send + Sync> = match config.kind {
+        CheckType::Http if pool.protocol != UpstreamProtocol::Http1 => {
+            // One probe per upstream: each has its own peer (its server name).
+            let probes = members
+                .iter()
+                .map(|member| {
+                    let upstream = pool
+                        .upstreams
+                        .iter()
+                        .find(|u| u.addr == member.addr)
+                        .cloned()
+                        .unwrap_or_else(|| Upstream {
+                            name: member.addr.to_string(),
+                            addr: member.addr,
+                            weight: 1,
+                            max_conns: None,
+                            backup: false,
+                            origin: None,
+                        });
+                    let mut http = http_probe(config);
+                    let mut peer = upstream_peer(pool, &upstream);
+                    peer.options.connection_timeout = Some(config.timeout);
+                    peer.options.total_connection_timeout = Some(config.timeout);
+                    peer.options.read_timeout = Some(config.timeout);
+                    peer.options.write_timeout = Some(config.timeout);
+                    http.peer_template = peer;
+                    (member.addr, http)
+                })
+                .collect();
+            Box::new(ByUpstream(probes))
+        }
         CheckType::None => return None,
         CheckType::Tcp => {
             let mut tcp = TcpHealthCheck::default();
@@ -33,31 +68,56 @@ pub(crate) fn build_check(
             Box::new(tcp)
         }
         CheckType::Http => {
-            let mut http = HttpHealthCheck::new(&config.host, false);
-            match http_check_request(config) {
-                Ok(req) => http.req = req,
-                Err(e) => log::error!("health check request for {}: {e}", config.path),
-            }
+            let mut http = http_probe(config);
             http.peer_template.options.connection_timeout = Some(config.timeout);
             http.peer_template.options.total_connection_timeout = Some(config.timeout);
             http.peer_template.options.read_timeout = Some(config.timeout);
             http.peer_template.options.write_timeout = Some(config.timeout);
-            let expected = config.expect_status.clone();
-            http.validator = Some(Box::new(move |resp| {
-                let status = resp.status.as_u16();
-                if expected.iter().any(|range| range.contains(status)) {
-                    Ok(())
-                } else {
-                    Error::e_explain(
-                        ErrorType::CustomCode("unexpected status", status),
-                        "during http health check",
-                    )
-                }
-            }));
             Box::new(http)
         }
     };
     Some(Box::new(UpstreamCheck::new(probe, config, members)))
+}
+
+/// pingora's HTTP probe with lb's request and status check (over plain HTTP/1 until its peer
+/// template is replaced).
+fn http_probe(config: &HealthCheckConfig) -> HttpHealthCheck {
+    let mut http = HttpHealthCheck::new(&config.host, false);
+    match http_check_request(config) {
+        Ok(req) => http.req = req,
+        Err(e) => log::error!("health check request for {}: {e}", config.path),
+    }
+    let expected = config.expect_status.clone();
+    http.validator = Some(Box::new(move |resp| {
+        let status = resp.status.as_u16();
+        if expected.iter().any(|range| range.contains(status)) {
+            Ok(())
+        } else {
+            Error::e_explain(
+                ErrorType::CustomCode("unexpected status", status),
+                "during http health check",
+            )
+        }
+    }));
+    http
+}
+
+/// A probe per upstream address.
+struct ByUpstream(HashMap<SocketAddr, HttpHealthCheck>);
+
+#[async_trait]
+impl HealthCheck for ByUpstream {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let probe = target.addr.as_inet().and_then(|addr| self.0.get(addr));
+        match probe {
+            Some(probe) => probe.check(target).await,
+            None => Error::e_explain(ErrorType::InternalError, "no probe for this upstream"),
+        }
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
+    }
 }
 
 fn http_check_request(config: &HealthCheckConfig) -> pingora::Result<pingora::http::RequestHeader> {

@@ -27,7 +27,7 @@ pub(crate) fn build_routing(
     previous: Option<&Routing>,
 ) -> std::io::Result<Routing> {
     Routing::new(config, registry, previous, |pool, states| {
-        health::build_check(&pool.health_check, states)
+        health::build_check(pool, states)
     })
 }
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server};
@@ -130,19 +129,16 @@ pub fn build(
     let nofile = super::fd_limit::raise_nofile();
     let admin_listen = config.lb.admin.as_ref().map(|a| a.listen);
     let routing_for_exit = routing.clone();
-    let mut app = pingora::proxy::http_proxy(
+    let mut http = pingora::proxy::http_proxy(
         &server.configuration,
         LbProxy::new(routing.clone(), in_flight.clone()),
     );
-    // pingora keeps an idle HTTP/2 connection open for ever unless told; HTTP/1 connections
-    // get `lb.timeouts.idle` from `ClientApp` (this one is fixed at start).
-    let mut options = HttpServerOptions::default();
-    options.h2_idle_timeout = Some(config.lb.client_idle);
-    app.server_options = Some(options);
+    http.server_options = Some(crate::proxy::server_options(&config.lb));
+    http.h2_options = Some(crate::proxy::h2_options(&config.lb));
     let mut proxy = Service::new(
         "lb proxy".to_string(),
         ClientApp::new(
-            app,
+            http,
             routing.clone(),
             connections.clone(),
             super::fd_limit::client_connection_budget(nofile),

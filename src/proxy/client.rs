@@ -8,8 +8,11 @@
 //! - [`WriteBuffered`] coalesces a response's writes (header and body leave in one `write`) in a
 //!   buffer that exists only while a response is being written.
 //!
-//! HTTP/1.1 over TLS takes the same path once the handshake is done. HTTP/2 (ALPN `h2`) and
-//! custom protocols go to pingora's own handling, counted against the connection limit.
+//! HTTP/1.1 over TLS takes the same path once the handshake is done. HTTP/2 with prior
+//! knowledge (h2c, `lb.h2c`) is told from HTTP/1 by the first bytes of a new plain connection
+//! ([`sniff_h2c`]); an HTTP/2 connection (h2c, or ALPN `h2` over TLS), like a custom one, goes
+//! to pingora's own handling (one request task per stream), counted against the connection
+//! limit.
 
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -264,6 +267,42 @@ impl<A> ClientApp<A> {
     }
 }
 
+/// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of a new plain connection to tell HTTP/2 with prior knowledge from
+/// HTTP/1, and puts them back (pingora's stream keeps them for the next read). It reads only
+/// while the bytes match the preface, so an HTTP/1 request (which can never start with
+/// `PRI * HTTP/2.0`) costs one small read and a short one is never waited on. pingora's own
+/// `try_peek` waits for all 24 bytes, which a short HTTP/1 request never sends.
+async fn sniff_h2c(mut stream: Stream) -> io::Result<(Stream, bool)> {
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    use tokio::io::AsyncReadExt;
+    if !stream.as_any().is::<L4Stream>() {
+        // Not a socket lb accepted (nothing to put bytes back into): HTTP/1.
+        return Ok((stream, false));
+    }
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < buf.len() {
+        let got = stream.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+        if buf[..n] != H2_PREFACE[..n] {
+            break;
+        }
+    }
+    let h2 = &buf == H2_PREFACE;
+    let mut l4 = stream
+        .into_any()
+        .downcast::<L4Stream>()
+        .map_err(|_| io::Error::other("client stream changed type"))?;
+    l4.rewind(&buf[..n]);
+    Ok((l4, h2))
+}
+
 /// Whether the settings carried to the next session hold bytes of a pipelined request already
 /// read: then the socket may have nothing more to read and the session must start at once.
 fn has_pipelined_bytes(settings: &HttpPersistentSettings) -> bool {
@@ -299,16 +338,44 @@ where
         let _open = self.admit(&routing.config.client, metrics)?;
         let options = self.inner.server_options();
         // HTTP/1 in the clear, or over TLS unless ALPN chose h2: both take the lean path.
-        // (On a plain connection, checking for TLS costs one `None`.)
+        // (On a plain connection, checking for TLS costs one `None`.) pingora's `h2c` option
+        // is not looked at here: plain connections are told apart below, and pingora's own
+        // handling gets only those that start with the HTTP/2 preface.
         let tls = stream.get_ssl_digest().is_some();
         let http1 = !options.is_some_and(|o| o.force_custom)
             && if tls {
                 stream.selected_alpn_proto() != Some(ALPN::H2)
             } else {
-                stream.selected_alpn_proto().is_none() && !options.is_some_and(|o| o.h2c)
+                stream.selected_alpn_proto().is_none()
             };
         if !http1 {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        let mut stream = stream;
+        // Whether the first request is known to be there already (its bytes were sniffed).
+        let mut readable = false;
+        if !tls && routing.config.h2c {
+            let header_timeout = routing.config.client.header_timeout;
+            let limit = routing.config.client_idle.min(header_timeout);
+            if self.wait_for_request(&mut stream, limit).await == Wait::TimedOut {
+                return None;
+            }
+            let (sniffed, h2) =
+                match pingora::time::timeout(header_timeout, sniff_h2c(stream)).await {
+                    Ok(Ok(sniffed)) => sniffed,
+                    Ok(Err(e)) => {
+                        log::debug!("client connection failed before its first request: {e}");
+                        return None;
+                    }
+                    Err(_) => return None,
+                };
+            if h2 {
+                // pingora's h2 server: one task per stream through the same proxy hooks, GOAWAY
+                // when shutdown begins; `_open` counts the connection until it ends.
+                return ServerApp::process_new(&self.inner, sniffed, shutdown).await;
+            }
+            stream = sniffed;
+            readable = true;
         }
         let limit = options.and_then(|o| o.keepalive_request_limit);
         let conn = Arc::new(ConnState::default());
@@ -325,7 +392,7 @@ where
                 )
             };
             let pipelined = settings.as_ref().is_some_and(has_pipelined_bytes);
-            if !pipelined {
+            if !pipelined && !std::mem::take(&mut readable) {
                 // A new connection must start its request within the header timeout.
                 let limit = if first {
                     idle.min(header_timeout)

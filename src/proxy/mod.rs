@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
+use pingora::apps::HttpServerOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -38,8 +39,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::balancer::routes::{has_dot_segment, Route};
 use crate::balancer::selection::Pool;
-use crate::balancer::{passive, Lease, Routing, SharedRouting};
-use crate::config::{RouteAction, Selection};
+use crate::balancer::{passive, peer, Lease, Routing, SharedRouting};
+use crate::config::{LbConfig, RouteAction, Selection};
 use crate::observe::access_log::AccessEntry;
 use crate::outcome::{describe_error, is_local_resource_error, Outcome};
 
@@ -364,19 +365,11 @@ impl ProxyHttp for LbProxy {
             .acquire(hash, &ctx.tried, &pool.config.queue)
             .await
             .map_err(errors::acquire_error)?;
-        let addr = lease.upstream().addr;
-        ctx.tried.push(addr);
+        let peer = peer::upstream_peer(&pool.config, lease.upstream());
+        ctx.tried.push(lease.upstream().addr);
         ctx.lease = Some(lease);
         ctx.attempt_started = Some(Instant::now());
         ctx.attempt_recorded = false;
-        let timeouts = &ctx.pool().config.timeouts;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let options = &mut peer.options;
-        options.connection_timeout = Some(timeouts.connect);
-        options.total_connection_timeout = Some(timeouts.connect);
-        options.read_timeout = Some(timeouts.read);
-        options.write_timeout = Some(timeouts.write);
-        options.idle_timeout = Some(timeouts.idle);
         Ok(Box::new(peer))
     }
 
@@ -503,9 +496,13 @@ impl ProxyHttp for LbProxy {
         let upstream_side = e.esource() == &ErrorSource::Upstream;
         let outcome = match e.etype() {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Outcome::Timeout),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-                Some(Outcome::Reset)
-            }
+            // An HTTP/2 upstream that resets the stream or breaks the protocol broke this
+            // attempt as a closed connection would.
+            ErrorType::ConnectionClosed
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::H2Error
+            | ErrorType::InvalidH2 => Some(Outcome::Reset),
             _ => None,
         };
         let Some(outcome) = outcome.filter(|_| upstream_side) else {
@@ -518,7 +515,10 @@ impl ProxyHttp for LbProxy {
         });
         // A request may be repeated on another upstream only if repeating it is safe: an
         // idempotent method whose whole body we still hold, and no response started towards
-        // the client.
+        // the client. This decision replaces pingora's own flag, whatever it says: pingora
+        // marks some HTTP/2 errors retryable after the request was sent (`InvalidH2`,
+        // pingora issue #979), and a POST that reached an upstream must never be sent twice.
+        // Only a failed connect (`fail_to_connect`) retries any method: nothing was sent.
         let retry = ctx.pool().config.retries.on.contains(outcome)
             && safe_to_repeat(session)
             && ctx.may_retry();
@@ -623,6 +623,41 @@ impl ProxyHttp for LbProxy {
         }
     }
 }
+
+/// pingora's options for client connections. `h2c` is on so that the connections
+/// [`ClientApp`] recognises as HTTP/2 (it reads their preface itself and sends HTTP/1 down its
+/// own lean path, whatever `lb.h2c` says) are served as such.
+pub(crate) fn server_options(config: &LbConfig) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    // An HTTP/2 connection without streams is closed after `lb.timeouts.idle`, as an idle
+    // HTTP/1 one is (fixed at start: pingora reads it once).
+    options.h2_idle_timeout = Some(config.client_idle);
+    options
+}
+
+/// The limits of an HTTP/2 client connection. Those not set here are the h2 crate's (0.4.20),
+/// which already bound the known HTTP/2 attacks: at most 20 streams reset by the client before
+/// lb accepted them (rapid reset, CVE-2023-44487; beyond, GOAWAY `ENHANCE_YOUR_CALM`), 1024
+/// streams lb had to reset for errors, 400 KiB of response data buffered per stream, a header
+/// block (HEADERS and all its CONTINUATIONs) no larger than the header list limit,
+/// one pending SETTINGS acknowledgement and one pending PING answer (more wait for the socket).
+///
+/// The header list limit is `lb.limits.max_header_bytes` as it was at start (pingora builds these
+/// options once).
+pub(crate) fn h2_options(config: &LbConfig) -> pingora::protocols::http::v2::server::H2Options {
+    let mut options = pingora::protocols::http::v2::server::H2Options::new();
+    options.max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+    // Validation keeps it below 1 MiB.
+    let header_list = u32::try_from(config.client.max_header_bytes).unwrap_or(u32::MAX);
+    options.max_header_list_size(header_list);
+    options.max_pending_accept_reset_streams(20);
+    options.max_local_error_reset_streams(Some(1024));
+    options
+}
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS lb advertises to HTTP/2 clients (as nginx and pingora do).
+pub(crate) const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Whether the request may be sent again: an idempotent method whose body we still hold
 /// whole, and nothing of a response sent to the client.

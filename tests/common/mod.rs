@@ -8,6 +8,7 @@
 //! - [`raw`]: HTTP at the byte level, for malformed input and wire-level tests.
 //! - [`load`]: bounded load loops that count failures.
 //! - [`browser`]: a headless chromium through chromedriver (WebDriver).
+//! - [`python`]: the Python helpers of `tests/py/` (HTTP/2, gRPC) and test certificates.
 //! - [`ports`]: loopback ports that are never handed out twice.
 //! - [`wait`]: bounded waits on observable conditions.
 //!
@@ -28,5 +29,6 @@ pub mod lb_conf;
 pub mod lb_process;
 pub mod load;
 pub mod ports;
+pub mod python;
 pub mod raw;
 pub mod wait;
