@@ -449,8 +449,7 @@ fn validate_upstreams(
                     entry,
                     target,
                     weight,
-                    raw.max_conns,
-                    raw.backup,
+                    (raw.max_conns, raw.backup),
                 )?;
                 continue;
             }
@@ -468,8 +467,7 @@ fn validate_upstreams(
                     entry,
                     target,
                     weight,
-                    raw.max_conns,
-                    raw.backup,
+                    (raw.max_conns, raw.backup),
                 )?;
                 continue;
             }
@@ -512,8 +510,7 @@ fn push_discovered(
     key: String,
     target: DiscoveryTarget,
     weight: usize,
-    max_conns: Option<usize>,
-    backup: Option<bool>,
+    (max_conns, backup): (Option<usize>, Option<bool>),
 ) -> Result<(), ConfigError> {
     if let Some(other) = list.iter().find(|d| d.target == target) {
         return Err(ConfigError::invalid(
