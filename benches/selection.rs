@@ -33,13 +33,7 @@ fn pool(selection: Selection, size: usize) -> Pool {
 }
 
 fn picks(c: &mut Criterion) {
-    for selection in [
-        Selection::RoundRobin,
-        Selection::Random,
-        Selection::LeastConn,
-        Selection::P2cEwma,
-        Selection::ConsistentHash,
-    ] {
+    for selection in Selection::ALL {
         let mut group = c.benchmark_group(format!("pick/{selection}"));
         for size in [10usize, 1_000, 10_000] {
             let pool = pool(selection, size);

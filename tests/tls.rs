@@ -75,6 +75,24 @@ fn start(dir: TempDir, config: LbConf, tls: SocketAddr) -> Lb {
     lb
 }
 
+/// The usual set-up: backend `b1`, and lb serving it with one certificate for `site.test` on an
+/// HTTPS listener; `with` completes the config, given the `lb.tls` section to add.
+struct Site {
+    backend: Backend,
+    lb: Lb,
+    tls: SocketAddr,
+}
+
+fn site(with: impl FnOnce(LbConf, Fields) -> LbConf) -> Site {
+    let backend = Backend::start("b1");
+    let dir = TempDir::new();
+    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
+    let tls = unique_addr();
+    let config = with(LbConf::new().upstream(&backend), tls_section(tls, &[&cert]));
+    let lb = start(dir, config, tls);
+    Site { backend, lb, tls }
+}
+
 /// A TLS client of the given versions (and any cipher: the server is what is tested).
 fn client(
     addr: SocketAddr,
@@ -263,14 +281,11 @@ fn sni_picks_exact_then_wildcard_then_default() {
 
 #[test]
 fn curl_speaks_http2_and_http1_over_tls() {
-    let backend = Backend::start("b1");
-    let dir = TempDir::new();
-    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
-    let tls = unique_addr();
-    let config = LbConf::new()
-        .upstream(&backend)
-        .key("tls", tls_section(tls, &[&cert]));
-    let lb = start(dir, config, tls);
+    let Site {
+        lb,
+        tls,
+        backend: _backend,
+    } = site(|c, tls| c.key("tls", tls));
     let url = format!("https://site.test:{}/proto?x=1", tls.port());
 
     let (version, body) = curl(&["--http2"], &url, tls);
@@ -291,14 +306,11 @@ fn curl_speaks_http2_and_http1_over_tls() {
 
 #[test]
 fn http2_off_offers_http1_only() {
-    let backend = Backend::start("b1");
-    let dir = TempDir::new();
-    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
-    let tls = unique_addr();
-    let config = LbConf::new()
-        .upstream(&backend)
-        .key("tls", tls_section(tls, &[&cert]).set("http2", false));
-    let _lb = start(dir, config, tls);
+    let Site {
+        tls,
+        lb: _lb,
+        backend: _backend,
+    } = site(|c, tls| c.key("tls", tls.set("http2", false)));
     let url = format!("https://site.test:{}/", tls.port());
     let (version, body) = curl(&["--http2"], &url, tls);
     assert_eq!(version, "1.1", "{body}");
@@ -560,15 +572,7 @@ fn every_bad_certificate_or_tls_key_is_refused_by_lb_t() {
 
 #[test]
 fn plain_requests_are_redirected_to_https() {
-    let backend = Backend::start("b1");
-    let dir = TempDir::new();
-    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
-    let tls = unique_addr();
-    let config = LbConf::new()
-        .upstream(&backend)
-        .key("redirect_to_https", true)
-        .key("tls", tls_section(tls, &[&cert]));
-    let lb = start(dir, config, tls);
+    let Site { lb, tls, backend } = site(|c, tls| c.key("redirect_to_https", true).key("tls", tls));
     let mut plain = TcpStream::connect(lb.addr).unwrap();
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -653,15 +657,12 @@ fn expiry_is_logged_and_exported() {
 
 #[test]
 fn upgrade_hands_over_the_https_listener_and_loses_no_handshake() {
-    let backend = Backend::start("b1");
-    let dir = TempDir::new();
-    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
-    let (tls, admin) = (unique_addr(), unique_addr());
-    let config = LbConf::new()
-        .upstream(&backend)
-        .admin(admin, None)
-        .key("tls", tls_section(tls, &[&cert]));
-    let lb = start(dir, config, tls);
+    let admin = unique_addr();
+    let Site {
+        lb,
+        tls,
+        backend: _backend,
+    } = site(|c, tls| c.admin(admin, None).key("tls", tls));
     let old = lb.pid();
     let mut kept = connect(tls, Some("site.test"));
     assert_eq!(get(&mut kept, "site.test", "/before").0, 200);
@@ -730,16 +731,16 @@ fn upgrade_hands_over_the_https_listener_and_loses_no_handshake() {
 
 #[test]
 fn client_limits_apply_over_tls_as_in_the_clear() {
-    let backend = Backend::start("b1");
-    let dir = TempDir::new();
-    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
-    let (tls, admin) = (unique_addr(), unique_addr());
-    let config = LbConf::new()
-        .upstream(&backend)
-        .admin(admin, None)
-        .timeouts(fields().set("client_header", "1s").set("idle", "60s"))
-        .key("tls", tls_section(tls, &[&cert]));
-    let _lb = start(dir, config, tls);
+    let admin = unique_addr();
+    let Site {
+        tls,
+        lb: _lb,
+        backend,
+    } = site(|c, tls| {
+        c.admin(admin, None)
+            .timeouts(fields().set("client_header", "1s").set("idle", "60s"))
+            .key("tls", tls)
+    });
 
     // A kept-alive connection stays open while idle longer than the header timeout: the
     // idle timeout applies between requests, not the header deadline.
@@ -765,16 +766,15 @@ fn client_limits_apply_over_tls_as_in_the_clear() {
 
 #[test]
 fn http2_connections_count_against_the_limit_and_close_when_idle() {
-    let backend = Backend::start("b1");
-    let dir = TempDir::new();
-    let cert = make_cert(&dir.0, "site", "site", &["site.test"], 30);
-    let tls = unique_addr();
-    let config = LbConf::new()
-        .upstream(&backend)
-        .timeouts(fields().set("idle", "1s"))
-        .key("limits", fields().set("max_client_connections", 1))
-        .key("tls", tls_section(tls, &[&cert]));
-    let _lb = start(dir, config, tls);
+    let Site {
+        tls,
+        lb: _lb,
+        backend: _backend,
+    } = site(|c, tls| {
+        c.timeouts(fields().set("idle", "1s"))
+            .key("limits", fields().set("max_client_connections", 1))
+            .key("tls", tls)
+    });
 
     // An HTTP/2 connection (ALPN h2): the client preface and an empty SETTINGS frame, then
     // lb's SETTINGS come back.

@@ -29,6 +29,17 @@ pub enum Selection {
     ConsistentHash,
 }
 
+impl Selection {
+    /// Every algorithm, in the order the documentation lists them.
+    pub const ALL: [Selection; 5] = [
+        Selection::RoundRobin,
+        Selection::Random,
+        Selection::LeastConn,
+        Selection::P2cEwma,
+        Selection::ConsistentHash,
+    ];
+}
+
 impl fmt::Display for Selection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

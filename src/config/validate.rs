@@ -429,8 +429,9 @@ fn validate_upstreams(
                 "must be at least 1 (leave it out for no limit)",
             ));
         }
-        let text = match raw.source {
-            RawSource::Addr(text) => text,
+        // An address, or a name followed in the background (`dns:`/`srv:`).
+        let (text, target) = match raw.source {
+            RawSource::Addr(text) => (text, None),
             RawSource::Ambiguous(given) => {
                 return Err(ConfigError::invalid(
                     entry,
@@ -444,14 +445,7 @@ fn validate_upstreams(
             RawSource::Dns(text) => {
                 let target = parse_dns_target(text.trim())
                     .map_err(|reason| ConfigError::invalid(format!("{entry}.dns"), reason))?;
-                push_discovered(
-                    &mut discovered,
-                    entry,
-                    target,
-                    weight,
-                    (raw.max_conns, raw.backup),
-                )?;
-                continue;
+                (text, Some(target))
             }
             RawSource::Srv(text) => {
                 if raw.weight.is_some() {
@@ -462,16 +456,20 @@ fn validate_upstreams(
                 }
                 let target = parse_srv_target(text.trim())
                     .map_err(|reason| ConfigError::invalid(format!("{entry}.srv"), reason))?;
-                push_discovered(
-                    &mut discovered,
-                    entry,
-                    target,
-                    weight,
-                    (raw.max_conns, raw.backup),
-                )?;
-                continue;
+                (text, Some(target))
             }
         };
+        if let Some(target) = target {
+            push_discovered(
+                &mut discovered,
+                entry,
+                target,
+                weight,
+                raw.max_conns,
+                raw.backup,
+            )?;
+            continue;
+        }
         let addr = resolve(&format!("{entry}.addr"), text.trim())?;
         // A map, not a scan of the list: validation stays linear in the number of upstreams.
         if let Some(&other) = seen.get(&addr) {
@@ -510,7 +508,8 @@ fn push_discovered(
     key: String,
     target: DiscoveryTarget,
     weight: usize,
-    (max_conns, backup): (Option<usize>, Option<bool>),
+    max_conns: Option<usize>,
+    backup: Option<bool>,
 ) -> Result<(), ConfigError> {
     if let Some(other) = list.iter().find(|d| d.target == target) {
         return Err(ConfigError::invalid(

@@ -75,13 +75,7 @@ fn round_robin_rotates_strictly() {
 
 #[test]
 fn excluded_upstreams_are_skipped_by_every_algorithm() {
-    for selection in [
-        Selection::RoundRobin,
-        Selection::Random,
-        Selection::LeastConn,
-        Selection::P2cEwma,
-        Selection::ConsistentHash,
-    ] {
+    for selection in Selection::ALL {
         let list = upstreams(&[1, 1, 1]);
         let exclude = [list[0].addr, list[1].addr];
         let p = pool(selection, list.clone());
@@ -163,13 +157,7 @@ fn consistent_hash_moves_about_one_nth_of_keys() {
 #[test]
 fn an_empty_pool_picks_nothing_with_every_algorithm() {
     // A pool whose discovered names resolve to nothing yet (`discovery.allow_empty`).
-    for selection in [
-        Selection::RoundRobin,
-        Selection::Random,
-        Selection::LeastConn,
-        Selection::P2cEwma,
-        Selection::ConsistentHash,
-    ] {
+    for selection in Selection::ALL {
         let p = pool(selection, Vec::new());
         assert!(matches!(p.pick(42, &[]), Pick::Empty), "{selection}");
     }
